@@ -1,0 +1,817 @@
+"""GPT-2 in PyTorch: the six transformers classes, argument for argument and output field for output field.
+
+Mirrors `gpt2_tf/model.py` and `gpt2_flax/model.py` class for class and name for name; every decision (activation
+formulas, attention scale, mask fill, position ids of padded batches, losses) follows `gpt2_core.reference`.
+
+Shapes: B batch, T query length, S key length (past + new), N heads, H head dim, C n_embd, V vocab.
+
+References: OpenAI gpt-2 `src/model.py`; transformers `models/gpt2/modeling_gpt2.py` (v5); nanoGPT `model.py`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gpt2_core import checks, naming, reference
+from gpt2_core.config import GPT2Config
+from gpt2_core.outputs import (
+    BaseModelOutputWithPastAndCrossAttentions,
+    CausalLMOutputWithCrossAttentions,
+    GPT2DoubleHeadsModelOutput,
+    QuestionAnsweringModelOutput,
+    SequenceClassifierOutputWithPast,
+    TokenClassifierOutput,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def _gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
+
+
+# The formulas of gpt2_core.reference.ACTIVATIONS.
+ACT2FN = {
+    "gelu_new": _gelu_tanh,
+    "gelu_pytorch_tanh": _gelu_tanh,
+    "gelu": lambda x: F.gelu(x, approximate="none"),
+    "gelu_fast": lambda x: 0.5 * x * (1.0 + torch.tanh(x * 0.7978845608 * (1.0 + 0.044715 * x * x))),
+    "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),
+    "relu": F.relu,
+    "silu": F.silu,
+    "swish": F.silu,
+    "tanh": torch.tanh,
+    "sigmoid": torch.sigmoid,
+    "linear": lambda x: x,
+}
+
+
+def position_ids_from_attention_mask(attention_mask: torch.Tensor, query_length: int) -> torch.Tensor:
+    """gpt2_core.reference.position_ids_from_attention_mask: `max(0, index - leading_pads)`, last T columns."""
+    S = attention_mask.shape[-1]
+    leading = torch.argmax((attention_mask != 0).to(torch.int32), dim=-1)  # (B,)
+    pos = torch.clamp(torch.arange(S, device=attention_mask.device)[None, :] - leading[:, None], min=0)  # (B, S)
+    return pos[:, S - query_length :]
+
+
+class GPT2Attention(nn.Module):
+    """Multi-head (self or cross) attention.
+
+    Args:
+        config: The model config.
+        layer_idx: Index of the block (for `scale_attn_by_inverse_layer_idx`).
+        is_cross_attention: Queries from the decoder, keys and values from `encoder_hidden_states`.
+    """
+
+    def __init__(self, config: GPT2Config, layer_idx: int, is_cross_attention: bool = False) -> None:
+        super().__init__()
+        C = config.n_embd
+        self.n_head = config.n_head
+        self.head_dim = config.head_dim
+        self.is_cross_attention = is_cross_attention
+        self.scale = reference.attention_scale(config, layer_idx)
+        self.reorder_and_upcast_attn = config.reorder_and_upcast_attn
+        if is_cross_attention:
+            self.c_attn = nn.Linear(C, 2 * C)
+            self.q_attn = nn.Linear(C, C)
+        else:
+            self.c_attn = nn.Linear(C, 3 * C)
+        self.c_proj = nn.Linear(C, C)
+        self.attn_dropout = nn.Dropout(config.attn_pdrop)
+        self.resid_dropout = nn.Dropout(config.resid_pdrop)
+
+    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        return x.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, N, T, H)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        layer_past: tuple[torch.Tensor, torch.Tensor] | None = None,
+        allowed: torch.Tensor | None = None,
+        encoder_hidden_states: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None, torch.Tensor]:
+        B, T, C = x.shape
+        if self.is_cross_attention:
+            q = self.q_attn(x)
+            k, v = self.c_attn(encoder_hidden_states).split(C, dim=2)
+        else:
+            q, k, v = self.c_attn(x).split(C, dim=2)
+        q, k, v = self._split_heads(q), self._split_heads(k), self._split_heads(v)  # (B, N, T, H)
+        if layer_past is not None:
+            k = torch.cat([layer_past[0], k], dim=2)  # (B, N, S, H)
+            v = torch.cat([layer_past[1], v], dim=2)
+        present = None if self.is_cross_attention else (k, v)
+        if self.reorder_and_upcast_attn:
+            # Mistral: scale q before the product and keep scores and softmax in float32 (fp16/bf16 stability).
+            att = torch.matmul(q.float() * self.scale, k.float().transpose(-1, -2))  # (B, N, T, S)
+        else:
+            att = torch.matmul(q, k.transpose(-1, -2)) * self.scale  # (B, N, T, S)
+        if allowed is not None:
+            att = att.masked_fill(~allowed, torch.finfo(att.dtype).min)  # reference.attention_mask_fill
+        att = F.softmax(att, dim=-1).to(v.dtype)
+        att = self.attn_dropout(att)
+        y = torch.matmul(att, v)  # (B, N, T, H)
+        y = y.transpose(1, 2).reshape(B, T, C)
+        y = self.resid_dropout(self.c_proj(y))
+        return y, present, att
+
+
+class GPT2MLP(nn.Module):
+    """The feed-forward block: c_fc, activation, c_proj.
+
+    Args:
+        config: The model config (`n_inner`, `activation_function`, `resid_pdrop`).
+    """
+
+    def __init__(self, config: GPT2Config) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, config.inner_dim)
+        self.c_proj = nn.Linear(config.inner_dim, config.n_embd)
+        self.act = ACT2FN[config.activation_function]
+        self.dropout = nn.Dropout(config.resid_pdrop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(self.act(self.c_fc(x))))
+
+
+class GPT2Block(nn.Module):
+    """Pre-LayerNorm transformer block: attention (+ cross-attention) and MLP, each on a residual.
+
+    Args:
+        config: The model config.
+        layer_idx: Index of the block.
+    """
+
+    def __init__(self, config: GPT2Config, layer_idx: int) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.attn = GPT2Attention(config, layer_idx)
+        if config.add_cross_attention:
+            self.crossattention = GPT2Attention(config, layer_idx, is_cross_attention=True)
+            self.ln_cross_attn = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.mlp = GPT2MLP(config)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        layer_past: tuple[torch.Tensor, torch.Tensor] | None = None,
+        allowed: torch.Tensor | None = None,
+        encoder_hidden_states: torch.Tensor | None = None,
+        encoder_allowed: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, Any, torch.Tensor, torch.Tensor | None]:
+        y, present, att = self.attn(self.ln_1(x), layer_past, allowed)
+        x = x + y
+        cross_att = None
+        if encoder_hidden_states is not None:
+            if not hasattr(self, "crossattention"):
+                raise ValueError(
+                    "encoder_hidden_states were passed but the model has no cross-attention. "
+                    "Received: config.add_cross_attention=False. Build the model with add_cross_attention=True."
+                )
+            y, _, cross_att = self.crossattention(self.ln_cross_attn(x), None, encoder_allowed, encoder_hidden_states)
+            x = x + y
+        x = x + self.mlp(self.ln_2(x))
+        return x, present, att, cross_att
+
+
+class GPT2PreTrainedModel(nn.Module):
+    """Shared loading, saving and initialisation of every GPT-2 class.
+
+    Args:
+        config: The model config.
+    """
+
+    head: str = "base"
+
+    def __init__(self, config: GPT2Config) -> None:
+        super().__init__()
+        if not isinstance(config, GPT2Config):
+            raise TypeError(f"config must be a gpt2_core.GPT2Config. Received: type={type(config).__name__}.")
+        self.config = config
+
+    # -- parameters through gpt2_core.naming ------------------------------------------------------------------
+    def init_weights(self, seed: int | None = None) -> None:
+        """Initialise as transformers does (gpt2_core.reference.init_params); the seed comes from torch's RNG."""
+        if seed is None:
+            seed = int(torch.randint(0, 2**31 - 1, ()).item())
+        from gpt2_torch.weights import load_canonical
+
+        load_canonical(self, reference.init_params(self.config, self.head, seed))
+
+    def canonical_state_dict(self) -> dict[str, np.ndarray]:
+        """Parameters as a canonical dict (gpt2_core.naming names and layouts), float32 NumPy."""
+        from gpt2_torch.weights import canonical_state_dict
+
+        return canonical_state_dict(self)
+
+    def load_canonical(self, canonical: dict[str, np.ndarray]) -> None:
+        from gpt2_torch.weights import load_canonical
+
+        load_canonical(self, canonical)
+
+    @classmethod
+    def from_config(cls, config: GPT2Config, seed: int | None = None) -> "GPT2PreTrainedModel":
+        model = cls(config)
+        if seed is not None:
+            model.init_weights(seed)
+        return model
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        *,
+        config: GPT2Config | None = None,
+        dtype: torch.dtype | str | None = None,
+        torch_dtype: torch.dtype | str | None = None,
+        device: str | torch.device | None = None,
+        **hub_kwargs: Any,
+    ) -> "GPT2PreTrainedModel":
+        """Load `config.json` + weights (`model.safetensors`, sharded or not, or `pytorch_model.bin`) from a local
+        directory or a Hub id. Heads missing from the checkpoint (a base checkpoint loaded into a classifier) are
+        initialised and logged, as transformers does.
+
+        Args:
+            pretrained_model_name_or_path: Local directory or Hub id (e.g. `openai-community/gpt2`).
+            config: Use this config instead of the checkpoint's `config.json`.
+            dtype: Parameter dtype (`torch.float16`, `"bfloat16"`, ...); float32 by default.
+            torch_dtype: Old name of `dtype`.
+            device: Where to put the model.
+            **hub_kwargs: `revision`, `cache_dir`, `token`, `local_files_only` for Hub downloads.
+        """
+        from gpt2_core.hub import load_state_dict
+
+        if config is None:
+            config = GPT2Config.from_pretrained(pretrained_model_name_or_path)
+        state = load_state_dict(pretrained_model_name_or_path, **hub_kwargs)
+        canonical, missing_head = naming.from_hub_state_dict(
+            state, config, cls.head, source=f"checkpoint {str(pretrained_model_name_or_path)!r}"
+        )
+        with torch.device("meta"):
+            model = cls(config)
+        model = model.to_empty(device="cpu")
+        if missing_head:
+            logger.warning(
+                "%s: %s not in the checkpoint; newly initialised. Train the model before using it for predictions.",
+                cls.__name__,
+                missing_head,
+            )
+            init = reference.init_params(config, cls.head, int(torch.randint(0, 2**31 - 1, ()).item()))
+            canonical.update({k: init[k] for k in missing_head})
+        model.load_canonical(canonical)
+        dtype = dtype if dtype is not None else torch_dtype
+        if isinstance(dtype, str):
+            dtype = getattr(torch, dtype)
+        if dtype is not None:
+            model = model.to(dtype)
+        if device is not None:
+            model = model.to(device)
+        return model.eval()
+
+    def save_pretrained(
+        self, save_directory: str | os.PathLike, *, max_shard_size: int | str | None = None, safe_serialization: bool = True
+    ) -> None:
+        """Write `config.json` + `model.safetensors` (sharded above `max_shard_size`) that transformers loads."""
+        from gpt2_core.hub import save_safetensors
+
+        if not safe_serialization:
+            raise ValueError("Only safetensors is written. Received: safe_serialization=False. Use gpt2-convert --to pytorch.")
+        directory = Path(save_directory)
+        config = self.config.copy()
+        config.extra["architectures"] = [type(self).__name__]
+        config.extra["dtype"] = str(next(self.parameters()).dtype).replace("torch.", "")
+        state = naming.to_hub_state_dict(self.canonical_state_dict(), self.head)
+        save_safetensors(state, directory, max_shard_size=max_shard_size)
+        config.save_pretrained(directory)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+
+class GPT2Model(GPT2PreTrainedModel):
+    """The bare GPT-2 transformer: embeddings, blocks, final LayerNorm.
+
+    Args:
+        config: The model config.
+    """
+
+    head = "base"
+
+    def __init__(self, config: GPT2Config) -> None:
+        super().__init__(config)
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wpe = nn.Embedding(config.n_positions, config.n_embd)
+        self.drop = nn.Dropout(config.embd_pdrop)
+        self.h = nn.ModuleList([GPT2Block(config, i) for i in range(config.n_layer)])
+        self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        if type(self) is GPT2Model and not _on_meta():
+            self.init_weights()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.wte
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        past_key_values: tuple[tuple[torch.Tensor, torch.Tensor], ...] | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        encoder_hidden_states: torch.Tensor | None = None,
+        encoder_attention_mask: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool = True,
+    ) -> BaseModelOutputWithPastAndCrossAttentions:
+        config = self.config
+        use_cache = config.use_cache if use_cache is None else use_cache
+        # Leading dims beyond batch (the multiple-choice head's choices) fold into the batch, as in transformers.
+        lead_shape = None
+        if input_ids is not None and input_ids.dim() > 2:
+            lead_shape = input_ids.shape[:-1]
+            input_ids = input_ids.reshape(-1, input_ids.shape[-1])
+        if inputs_embeds is not None and inputs_embeds.dim() > 3:
+            lead_shape = inputs_embeds.shape[:-2]
+            inputs_embeds = inputs_embeds.reshape(-1, *inputs_embeds.shape[-2:])
+        if lead_shape is not None:
+            attention_mask = None if attention_mask is None else attention_mask.reshape(-1, attention_mask.shape[-1])
+            token_type_ids = None if token_type_ids is None else token_type_ids.reshape(-1, token_type_ids.shape[-1])
+            position_ids = None if position_ids is None else position_ids.reshape(-1, position_ids.shape[-1])
+        B = (input_ids if input_ids is not None else inputs_embeds).shape[0]
+        P = checks.check_past_key_values(config, past_key_values, B)
+        checks.check_model_inputs(
+            config,
+            input_ids=None if input_ids is None else _min_max(input_ids),
+            input_shape=None if input_ids is None else tuple(input_ids.shape),
+            inputs_embeds_shape=None if inputs_embeds is None else tuple(inputs_embeds.shape),
+            attention_mask_shape=None if attention_mask is None else tuple(attention_mask.shape),
+            position_ids=None if position_ids is None else _min_max(position_ids),
+            position_ids_shape=None if position_ids is None else tuple(position_ids.shape),
+            token_type_ids_shape=None if token_type_ids is None else tuple(token_type_ids.shape),
+            past_length=P,
+        )
+        if inputs_embeds is None:
+            inputs_embeds = self.wte(input_ids)  # (B, T, C)
+        T = inputs_embeds.shape[1]
+        S = P + T
+        device = inputs_embeds.device
+        if position_ids is None:
+            if attention_mask is not None:
+                position_ids = position_ids_from_attention_mask(attention_mask, T)
+            else:
+                position_ids = torch.arange(P, S, device=device)[None, :]
+        x = inputs_embeds + self.wpe(position_ids)
+        if token_type_ids is not None:
+            x = x + self.wte(token_type_ids)
+        x = self.drop(x)
+
+        # allowed[b, 0, t, s]: query t may attend key s (causal, and key s is not padding)
+        allowed = torch.arange(S, device=device)[None, :] <= (P + torch.arange(T, device=device))[:, None]  # (T, S)
+        allowed = allowed[None, None, :, :]
+        if attention_mask is not None:
+            allowed = allowed & (attention_mask != 0)[:, None, None, :]  # (B, 1, T, S)
+        encoder_allowed = None
+        if encoder_hidden_states is not None and encoder_attention_mask is not None:
+            encoder_allowed = (encoder_attention_mask != 0)[:, None, None, :]  # (B, 1, 1, S_enc)
+
+        presents = [] if use_cache else None
+        all_hidden = [x] if output_hidden_states else None
+        all_att = [] if output_attentions else None
+        all_cross = [] if (output_attentions and encoder_hidden_states is not None) else None
+        for i, block in enumerate(self.h):
+            layer_past = past_key_values[i] if past_key_values is not None else None
+            x, present, att, cross_att = block(x, layer_past, allowed, encoder_hidden_states, encoder_allowed)
+            if use_cache:
+                presents.append(present)
+            if output_attentions:
+                all_att.append(att)
+                if all_cross is not None:
+                    all_cross.append(cross_att)
+            if output_hidden_states:
+                all_hidden.append(x)
+        x = self.ln_f(x)
+        if output_hidden_states:
+            all_hidden[-1] = x  # transformers reports the last block's output after ln_f
+        if lead_shape is not None:
+            x = x.reshape(*lead_shape, *x.shape[-2:])
+            if output_hidden_states:
+                all_hidden = [h.reshape(*lead_shape, *h.shape[-2:]) for h in all_hidden]
+        return BaseModelOutputWithPastAndCrossAttentions(
+            last_hidden_state=x,
+            past_key_values=tuple(presents) if use_cache else None,
+            hidden_states=tuple(all_hidden) if output_hidden_states else None,
+            attentions=tuple(all_att) if output_attentions else None,
+            cross_attentions=tuple(all_cross) if all_cross is not None else None,
+        )
+
+
+def _on_meta() -> bool:
+    return torch.empty(()).device.type == "meta"
+
+
+def _min_max(t: torch.Tensor) -> np.ndarray:
+    # Two numbers are enough for the range checks; avoid copying the whole tensor to the host.
+    if t.numel() == 0:
+        return np.zeros((0,), dtype=np.int64)
+    return np.array([int(t.min()), int(t.max())])
+
+
+class GPT2LMHeadModel(GPT2PreTrainedModel):
+    """GPT-2 with a language-modeling head (tied to the token embedding unless `tie_word_embeddings=False`).
+
+    Args:
+        config: The model config.
+    """
+
+    head = "lm"
+
+    def __init__(self, config: GPT2Config) -> None:
+        super().__init__(config)
+        self.transformer = GPT2Model(config)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.transformer.wte.weight
+        if not _on_meta():
+            self.init_weights()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        past_key_values: tuple[tuple[torch.Tensor, torch.Tensor], ...] | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        encoder_hidden_states: torch.Tensor | None = None,
+        encoder_attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool = True,
+    ) -> CausalLMOutputWithCrossAttentions:
+        out = self.transformer(
+            input_ids,
+            past_key_values=past_key_values,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            encoder_hidden_states=encoder_hidden_states,
+            encoder_attention_mask=encoder_attention_mask,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
+        logits = self.lm_head(out.last_hidden_state)  # (B, T, V)
+        loss = None
+        if labels is not None:
+            loss = lm_loss(logits, labels)
+        return CausalLMOutputWithCrossAttentions(
+            loss=loss,
+            logits=logits,
+            past_key_values=out.past_key_values,
+            hidden_states=out.hidden_states,
+            attentions=out.attentions,
+            cross_attentions=out.cross_attentions,
+        )
+
+    def generate(self, input_ids: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        """Cached decoding; see `gpt2_torch.generation.generate` for the arguments."""
+        from gpt2_torch.generation import generate
+
+        return generate(self, input_ids, **kwargs)
+
+
+def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """gpt2_core.reference.lm_loss: shift inside, ignore -100, mean in float32."""
+    labels = labels.to(logits.device)
+    shift_logits = logits[..., :-1, :].float()
+    shift_labels = labels[..., 1:]
+    return F.cross_entropy(
+        shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1), ignore_index=reference.IGNORE_INDEX
+    )
+
+
+class GPT2SequenceSummary(nn.Module):
+    """transformers' GPT2SequenceSummary: pool one vector per sequence (the multiple-choice head).
+
+    Args:
+        config: The model config (`summary_*` fields).
+    """
+
+    def __init__(self, config: GPT2Config) -> None:
+        super().__init__()
+        self.summary_type = config.summary_type
+        self.summary = nn.Identity()
+        if config.summary_use_proj:
+            n = 1 if config.summary_proj_to_labels else config.n_embd
+            self.summary = nn.Linear(config.n_embd, n)
+        self.activation = torch.tanh if config.summary_activation == "tanh" else (lambda x: x)
+        self.first_dropout = nn.Dropout(config.summary_first_dropout or 0.0)
+
+    def forward(self, hidden_states: torch.Tensor, cls_index: torch.Tensor | None = None) -> torch.Tensor:
+        if self.summary_type == "last":
+            x = hidden_states[..., -1, :]
+        elif self.summary_type == "first":
+            x = hidden_states[..., 0, :]
+        elif self.summary_type == "mean":
+            x = hidden_states.mean(dim=-2)
+        elif cls_index is None:
+            x = hidden_states[..., -1, :]
+        else:
+            idx = cls_index[..., None, None].expand(*cls_index.shape, 1, hidden_states.shape[-1])
+            x = hidden_states.gather(-2, idx).squeeze(-2)  # (..., C)
+        x = self.first_dropout(x)
+        return self.activation(self.summary(x))
+
+
+class GPT2DoubleHeadsModel(GPT2PreTrainedModel):
+    """GPT-2 with a language-modeling head and a multiple-choice head (RocStories/SWAG style).
+
+    Args:
+        config: The model config; as in transformers, `num_labels` is set to 1.
+    """
+
+    head = "double"
+
+    def __init__(self, config: GPT2Config) -> None:
+        config.num_labels = 1
+        super().__init__(config)
+        self.transformer = GPT2Model(config)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.transformer.wte.weight
+        self.multiple_choice_head = GPT2SequenceSummary(config)
+        if not _on_meta():
+            self.init_weights()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        past_key_values: tuple[tuple[torch.Tensor, torch.Tensor], ...] | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        mc_token_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        mc_labels: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool = True,
+    ) -> GPT2DoubleHeadsModelOutput:
+        out = self.transformer(
+            input_ids,
+            past_key_values=past_key_values,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
+        hidden = out.last_hidden_state  # (B, choices, T, C)
+        logits = self.lm_head(hidden)
+        mc_logits = self.multiple_choice_head(hidden, mc_token_ids).squeeze(-1)  # (B, choices)
+        mc_loss = None
+        if mc_labels is not None:
+            mc_loss = F.cross_entropy(mc_logits.reshape(-1, mc_logits.shape[-1]).float(), mc_labels.reshape(-1))
+        loss = None
+        if labels is not None:
+            loss = lm_loss(logits, labels)
+        return GPT2DoubleHeadsModelOutput(
+            loss=loss,
+            mc_loss=mc_loss,
+            logits=logits,
+            mc_logits=mc_logits,
+            past_key_values=out.past_key_values,
+            hidden_states=out.hidden_states,
+            attentions=out.attentions,
+        )
+
+
+class GPT2ForSequenceClassification(GPT2PreTrainedModel):
+    """GPT-2 with a linear classifier on the last non-padding token (`config.pad_token_id`).
+
+    Args:
+        config: The model config (`num_labels`, `pad_token_id`, `problem_type`).
+    """
+
+    head = "seqcls"
+
+    def __init__(self, config: GPT2Config) -> None:
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.transformer = GPT2Model(config)
+        self.score = nn.Linear(config.n_embd, config.num_labels, bias=False)
+        if not _on_meta():
+            self.init_weights()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        past_key_values: tuple[tuple[torch.Tensor, torch.Tensor], ...] | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool = True,
+    ) -> SequenceClassifierOutputWithPast:
+        out = self.transformer(
+            input_ids,
+            past_key_values=past_key_values,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
+        logits = self.score(out.last_hidden_state)  # (B, T, L)
+        B, T = logits.shape[:2]
+        if self.config.pad_token_id is None and B != 1:
+            raise ValueError(
+                f"Cannot pick each row's last token without a padding token. Received: batch size {B}, "
+                "config.pad_token_id=None. Set config.pad_token_id (e.g. to the tokenizer's pad/eos id)."
+            )
+        if self.config.pad_token_id is None or input_ids is None:
+            last = torch.full((B,), T - 1, dtype=torch.long, device=logits.device)
+        else:
+            non_pad = (input_ids != self.config.pad_token_id).to(torch.long)
+            last = (torch.arange(T, device=logits.device) * non_pad).argmax(-1)
+        pooled = logits[torch.arange(B, device=logits.device), last]  # (B, L)
+        loss = None
+        if labels is not None:
+            kind = reference.problem_type(self.config, np.zeros((), dtype=_np_dtype(labels)))
+            if kind == "regression":
+                if self.num_labels == 1:
+                    loss = F.mse_loss(pooled.squeeze().float(), labels.squeeze().float())
+                else:
+                    loss = F.mse_loss(pooled.float(), labels.float())
+            elif kind == "single_label_classification":
+                loss = F.cross_entropy(pooled.reshape(-1, self.num_labels).float(), labels.reshape(-1))
+            else:
+                loss = F.binary_cross_entropy_with_logits(pooled.float(), labels.float())
+        return SequenceClassifierOutputWithPast(
+            loss=loss,
+            logits=pooled,
+            past_key_values=out.past_key_values,
+            hidden_states=out.hidden_states,
+            attentions=out.attentions,
+        )
+
+
+def _np_dtype(t: torch.Tensor) -> Any:
+    return np.int64 if not t.is_floating_point() else np.float32
+
+
+class GPT2ForTokenClassification(GPT2PreTrainedModel):
+    """GPT-2 with a linear classifier on every token.
+
+    Args:
+        config: The model config (`num_labels`, `classifier_dropout`).
+    """
+
+    head = "tokcls"
+
+    def __init__(self, config: GPT2Config) -> None:
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.transformer = GPT2Model(config)
+        p = config.classifier_dropout if config.classifier_dropout is not None else 0.1
+        self.dropout = nn.Dropout(p)
+        self.classifier = nn.Linear(config.n_embd, config.num_labels)
+        if not _on_meta():
+            self.init_weights()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        past_key_values: tuple[tuple[torch.Tensor, torch.Tensor], ...] | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool = True,
+    ) -> TokenClassifierOutput:
+        out = self.transformer(
+            input_ids,
+            past_key_values=past_key_values,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
+        logits = self.classifier(self.dropout(out.last_hidden_state))  # (B, T, L)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(
+                logits.reshape(-1, self.num_labels).float(), labels.reshape(-1), ignore_index=reference.IGNORE_INDEX
+            )
+        return TokenClassifierOutput(
+            loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions
+        )
+
+
+class GPT2ForQuestionAnswering(GPT2PreTrainedModel):
+    """GPT-2 with a span-extraction head (start and end logits per token).
+
+    Args:
+        config: The model config.
+    """
+
+    head = "qa"
+
+    def __init__(self, config: GPT2Config) -> None:
+        super().__init__(config)
+        self.transformer = GPT2Model(config)
+        self.qa_outputs = nn.Linear(config.n_embd, 2)
+        if not _on_meta():
+            self.init_weights()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        start_positions: torch.Tensor | None = None,
+        end_positions: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool = True,
+    ) -> QuestionAnsweringModelOutput:
+        out = self.transformer(
+            input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            use_cache=False,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
+        logits = self.qa_outputs(out.last_hidden_state)  # (B, T, 2)
+        start_logits, end_logits = logits[..., 0], logits[..., 1]
+        loss = None
+        if start_positions is not None and end_positions is not None:
+            ignored = start_logits.shape[1]
+            start_positions = start_positions.reshape(-1).clamp(0, ignored)
+            end_positions = end_positions.reshape(-1).clamp(0, ignored)
+            start_loss = F.cross_entropy(start_logits.float(), start_positions, ignore_index=ignored)
+            end_loss = F.cross_entropy(end_logits.float(), end_positions, ignore_index=ignored)
+            loss = (start_loss + end_loss) / 2
+        return QuestionAnsweringModelOutput(
+            loss=loss,
+            start_logits=start_logits,
+            end_logits=end_logits,
+            hidden_states=out.hidden_states,
+            attentions=out.attentions,
+        )
+
+
+MODEL_CLASSES = {
+    "base": GPT2Model,
+    "lm": GPT2LMHeadModel,
+    "double": GPT2DoubleHeadsModel,
+    "qa": GPT2ForQuestionAnswering,
+    "seqcls": GPT2ForSequenceClassification,
+    "tokcls": GPT2ForTokenClassification,
+}
