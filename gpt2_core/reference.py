@@ -12,9 +12,12 @@ The decisions every backend follows are made here, once:
 * `attention_scale`: `1/sqrt(head_dim)` if `scale_attn_weights`, further divided by `layer_idx + 1` if
   `scale_attn_by_inverse_layer_idx` (Mistral). `reorder_and_upcast_attn` changes only where the scale is applied
   and that scores are computed in float32: in float32 it is the same function.
-* `attention_mask_fill`: masked scores are *replaced* (not added to) by the most negative finite value of the
-  compute dtype. A query that may attend to nothing (a left-padding position) then gets a uniform distribution over
-  all keys: finite, deterministic and identical in every backend, never NaN.
+* `attention_mask_fill` / `padding_mask_fill`: masked scores are *replaced* (not added to). A future key (causal
+  mask) gets the most negative finite value of the compute dtype, `finfo.min`; a padding key gets half of it,
+  `finfo.min / 2`. A query with at least one visible key is unaffected by the difference (both underflow to 0 after
+  softmax). A query that may attend to nothing (a left-padding position) then attends uniformly to the padding keys
+  at or before it: finite, never NaN, identical in every backend, and the same with or without a KV cache (it
+  never depends on later keys).
 * Losses: the LM loss shifts labels inside the model and ignores `-100`; the sequence classifier pools the last
   token that is not `pad_token_id`; the QA loss clamps positions and ignores the out-of-range ones. All as in
   transformers.
@@ -61,8 +64,13 @@ ACTIVATIONS = {
 
 
 def attention_mask_fill(dtype: Any) -> float:
-    """The value masked attention scores are replaced with: the most negative finite value of `dtype`."""
+    """The score of a future (causally masked) key: the most negative finite value of `dtype`."""
     return float(np.finfo(np.dtype(dtype)).min)
+
+
+def padding_mask_fill(dtype: Any) -> float:
+    """The score of a padding key: half of `attention_mask_fill`, so causality still wins in a fully padded row."""
+    return float(np.finfo(np.dtype(dtype)).min) / 2
 
 
 def attention_scale(config: GPT2Config, layer_idx: int) -> float:
@@ -115,10 +123,13 @@ def _merge_heads(x: np.ndarray) -> np.ndarray:
     return x.transpose(0, 2, 1, 3).reshape(B, T, N * H)  # (B, T, C)
 
 
-def _attend(q, k, v, allowed, scale):
-    # q (B, N, T, H), k/v (B, N, S, H), allowed broadcastable to (B, N, T, S)
+def _attend(q, k, v, causal, key_ok, scale):
+    # q (B, N, T, H), k/v (B, N, S, H); causal (T, S) or None; key_ok (B, 1, 1, S) padding mask or None
     att = np.einsum("bnth,bnsh->bnts", q, k) * scale
-    att = np.where(allowed, att, attention_mask_fill(att.dtype))
+    if key_ok is not None:
+        att = np.where(key_ok, att, padding_mask_fill(att.dtype))
+    if causal is not None:
+        att = np.where(causal, att, attention_mask_fill(att.dtype))
     att = softmax(att, -1)
     y = np.einsum("bnts,bnsh->bnth", att, v)
     return y, att
@@ -174,14 +185,14 @@ def forward(
     if token_type_ids is not None:
         x = x + p["wte.weight"][np.asarray(token_type_ids)]
 
-    causal = (np.arange(S)[None, :] <= (P + np.arange(T))[:, None])  # (T, S)
-    allowed = causal[None, None, :, :] & (mask[:, None, None, :] != 0)  # (B, 1, T, S)
+    causal = np.arange(S)[None, :] <= (P + np.arange(T))[:, None]  # (T, S)
+    key_ok = mask[:, None, None, :] != 0  # (B, 1, 1, S)
     if encoder_hidden_states is not None:
         enc = np.asarray(encoder_hidden_states, dtype=np.float64)
         enc_mask = (
             np.ones(enc.shape[:2], dtype=np.int64) if encoder_attention_mask is None else np.asarray(encoder_attention_mask)
         )
-        enc_allowed = enc_mask[:, None, None, :] != 0
+        enc_key_ok = enc_mask[:, None, None, :] != 0
 
     act = ACTIVATIONS[config.activation_function]
     eps = config.layer_norm_epsilon
@@ -196,7 +207,7 @@ def forward(
             k = np.concatenate([np.asarray(past_key_values[i][0], np.float64), k], axis=2)
             v = np.concatenate([np.asarray(past_key_values[i][1], np.float64), v], axis=2)
         presents.append((k, v))
-        y, att = _attend(q, k, v, allowed, attention_scale(config, i))
+        y, att = _attend(q, k, v, causal, key_ok, attention_scale(config, i))
         attentions.append(att)
         x = x + (_merge_heads(y) @ p[h + "attn.c_proj.weight"] + p[h + "attn.c_proj.bias"])
         if encoder_hidden_states is not None:
@@ -204,7 +215,7 @@ def forward(
             q = _split_heads(a @ p[h + "crossattention.q_attn.weight"] + p[h + "crossattention.q_attn.bias"], config.n_head)
             kv = enc @ p[h + "crossattention.c_attn.weight"] + p[h + "crossattention.c_attn.bias"]
             k, v = (_split_heads(t, config.n_head) for t in (kv[..., :C], kv[..., C:]))
-            y, att = _attend(q, k, v, enc_allowed, attention_scale(config, i))
+            y, att = _attend(q, k, v, None, enc_key_ok, attention_scale(config, i))
             cross_attentions.append(att)
             x = x + (_merge_heads(y) @ p[h + "crossattention.c_proj.weight"] + p[h + "crossattention.c_proj.bias"])
         a = layer_norm(x, p[h + "ln_2.weight"], p[h + "ln_2.bias"], eps)

@@ -97,7 +97,8 @@ class GPT2Attention(nn.Module):
         self,
         x: torch.Tensor,
         layer_past: tuple[torch.Tensor, torch.Tensor] | None = None,
-        allowed: torch.Tensor | None = None,
+        causal: torch.Tensor | None = None,
+        key_ok: torch.Tensor | None = None,
         encoder_hidden_states: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None, torch.Tensor]:
         B, T, C = x.shape
@@ -116,8 +117,11 @@ class GPT2Attention(nn.Module):
             att = torch.matmul(q.float() * self.scale, k.float().transpose(-1, -2))  # (B, N, T, S)
         else:
             att = torch.matmul(q, k.transpose(-1, -2)) * self.scale  # (B, N, T, S)
-        if allowed is not None:
-            att = att.masked_fill(~allowed, torch.finfo(att.dtype).min)  # reference.attention_mask_fill
+        # gpt2_core.reference: padding keys -> finfo.min / 2, future keys -> finfo.min (replace, not add)
+        if key_ok is not None:
+            att = att.masked_fill(~key_ok, torch.finfo(att.dtype).min / 2)
+        if causal is not None:
+            att = att.masked_fill(~causal, torch.finfo(att.dtype).min)
         att = F.softmax(att, dim=-1).to(v.dtype)
         att = self.attn_dropout(att)
         y = torch.matmul(att, v)  # (B, N, T, H)
@@ -166,11 +170,12 @@ class GPT2Block(nn.Module):
         self,
         x: torch.Tensor,
         layer_past: tuple[torch.Tensor, torch.Tensor] | None = None,
-        allowed: torch.Tensor | None = None,
+        causal: torch.Tensor | None = None,
+        key_ok: torch.Tensor | None = None,
         encoder_hidden_states: torch.Tensor | None = None,
-        encoder_allowed: torch.Tensor | None = None,
+        encoder_key_ok: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, Any, torch.Tensor, torch.Tensor | None]:
-        y, present, att = self.attn(self.ln_1(x), layer_past, allowed)
+        y, present, att = self.attn(self.ln_1(x), layer_past, causal, key_ok)
         x = x + y
         cross_att = None
         if encoder_hidden_states is not None:
@@ -179,7 +184,9 @@ class GPT2Block(nn.Module):
                     "encoder_hidden_states were passed but the model has no cross-attention. "
                     "Received: config.add_cross_attention=False. Build the model with add_cross_attention=True."
                 )
-            y, _, cross_att = self.crossattention(self.ln_cross_attn(x), None, encoder_allowed, encoder_hidden_states)
+            y, _, cross_att = self.crossattention(
+                self.ln_cross_attn(x), None, None, encoder_key_ok, encoder_hidden_states
+            )
             x = x + y
         x = x + self.mlp(self.ln_2(x))
         return x, present, att, cross_att
@@ -261,6 +268,7 @@ class GPT2PreTrainedModel(nn.Module):
         with torch.device("meta"):
             model = cls(config)
         model = model.to_empty(device="cpu")
+        model.tie_weights()  # to_empty gives every parameter its own storage
         if missing_head:
             logger.warning(
                 "%s: %s not in the checkpoint; newly initialised. Train the model before using it for predictions.",
@@ -294,6 +302,11 @@ class GPT2PreTrainedModel(nn.Module):
         state = naming.to_hub_state_dict(self.canonical_state_dict(), self.head)
         save_safetensors(state, directory, max_shard_size=max_shard_size)
         config.save_pretrained(directory)
+
+    def tie_weights(self) -> None:
+        """Share the token embedding with the LM head when `tie_word_embeddings` (models with an LM head)."""
+        if hasattr(self, "lm_head") and self.config.tie_word_embeddings:
+            self.lm_head.weight = self.transformer.wte.weight
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -386,14 +399,12 @@ class GPT2Model(GPT2PreTrainedModel):
             x = x + self.wte(token_type_ids)
         x = self.drop(x)
 
-        # allowed[b, 0, t, s]: query t may attend key s (causal, and key s is not padding)
-        allowed = torch.arange(S, device=device)[None, :] <= (P + torch.arange(T, device=device))[:, None]  # (T, S)
-        allowed = allowed[None, None, :, :]
-        if attention_mask is not None:
-            allowed = allowed & (attention_mask != 0)[:, None, None, :]  # (B, 1, T, S)
-        encoder_allowed = None
+        # causal[t, s]: key s is not in query t's future; key_ok[b, 0, 0, s]: key s is not padding
+        causal = torch.arange(S, device=device)[None, :] <= (P + torch.arange(T, device=device))[:, None]  # (T, S)
+        key_ok = None if attention_mask is None else (attention_mask != 0)[:, None, None, :]  # (B, 1, 1, S)
+        encoder_key_ok = None
         if encoder_hidden_states is not None and encoder_attention_mask is not None:
-            encoder_allowed = (encoder_attention_mask != 0)[:, None, None, :]  # (B, 1, 1, S_enc)
+            encoder_key_ok = (encoder_attention_mask != 0)[:, None, None, :]  # (B, 1, 1, S_enc)
 
         presents = [] if use_cache else None
         all_hidden = [x] if output_hidden_states else None
@@ -401,7 +412,7 @@ class GPT2Model(GPT2PreTrainedModel):
         all_cross = [] if (output_attentions and encoder_hidden_states is not None) else None
         for i, block in enumerate(self.h):
             layer_past = past_key_values[i] if past_key_values is not None else None
-            x, present, att, cross_att = block(x, layer_past, allowed, encoder_hidden_states, encoder_allowed)
+            x, present, att, cross_att = block(x, layer_past, causal, key_ok, encoder_hidden_states, encoder_key_ok)
             if use_cache:
                 presents.append(present)
             if output_attentions:
@@ -414,9 +425,10 @@ class GPT2Model(GPT2PreTrainedModel):
         if output_hidden_states:
             all_hidden[-1] = x  # transformers reports the last block's output after ln_f
         if lead_shape is not None:
+            # like transformers v5: last_hidden_state regains the choices dim; the other hidden states stay flat
             x = x.reshape(*lead_shape, *x.shape[-2:])
             if output_hidden_states:
-                all_hidden = [h.reshape(*lead_shape, *h.shape[-2:]) for h in all_hidden]
+                all_hidden[-1] = x
         return BaseModelOutputWithPastAndCrossAttentions(
             last_hidden_state=x,
             past_key_values=tuple(presents) if use_cache else None,
@@ -450,8 +462,7 @@ class GPT2LMHeadModel(GPT2PreTrainedModel):
         super().__init__(config)
         self.transformer = GPT2Model(config)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        if config.tie_word_embeddings:
-            self.lm_head.weight = self.transformer.wte.weight
+        self.tie_weights()
         if not _on_meta():
             self.init_weights()
 
@@ -561,8 +572,7 @@ class GPT2DoubleHeadsModel(GPT2PreTrainedModel):
         super().__init__(config)
         self.transformer = GPT2Model(config)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        if config.tie_word_embeddings:
-            self.lm_head.weight = self.transformer.wte.weight
+        self.tie_weights()
         self.multiple_choice_head = GPT2SequenceSummary(config)
         if not _on_meta():
             self.init_weights()

@@ -1,0 +1,302 @@
+"""Every backend against the float64 NumPy reference, and against each other, on the same random weights.
+
+Max-abs-difference tolerance: conftest.TOL (1e-4, fp32). The reference is gpt2_core.reference; heads and losses
+are computed here from its hidden states with the reference's own head functions.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import BACKENDS, CONFIGS, HEADS, TOL, backend_module, make_config, padded_batch
+from gpt2_core import reference
+from gpt2_core.generation import make_generation_config, reference_greedy
+
+
+def maxdiff(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    assert a.shape == b.shape, (a.shape, b.shape)
+    return float(np.max(np.abs(a - b))) if a.size else 0.0
+
+
+def head_inputs(head: str, config, side: str = "right", seed: int = 0) -> dict:
+    ids, mask = padded_batch(config, side, seed)
+    r = np.random.default_rng(seed + 1)
+    B, T = ids.shape
+    inputs = {"input_ids": ids, "attention_mask": mask}
+    if head == "lm":
+        labels = ids.copy()
+        labels[mask == 0] = -100
+        inputs["labels"] = labels
+    elif head == "double":
+        # (B, choices, T): the three padded rows as the choices of two examples
+        inputs = {"input_ids": np.stack([ids, ids[::-1]]), "attention_mask": np.stack([mask, mask[::-1]])}
+        inputs["mc_token_ids"] = np.stack([mask.sum(1) - 1, mask[::-1].sum(1) - 1]) if side == "right" else np.full((2, 3), T - 1)
+        inputs["mc_labels"] = np.array([0, 2])
+        labels = inputs["input_ids"].copy()
+        labels[inputs["attention_mask"] == 0] = -100
+        inputs["labels"] = labels
+    elif head == "seqcls":
+        inputs["labels"] = r.integers(0, config.num_labels, B)
+    elif head == "tokcls":
+        labels = r.integers(0, config.num_labels, (B, T))
+        labels[mask == 0] = -100
+        inputs["labels"] = labels
+    elif head == "qa":
+        inputs["start_positions"] = np.array([1, 2, T + 3])  # the last is out of range: ignored
+        inputs["end_positions"] = np.array([3, 3, 0])
+    return inputs
+
+
+def reference_outputs(head: str, config, params, inputs: dict) -> dict:
+    """Expected output fields of `head` from gpt2_core.reference."""
+    ids = inputs["input_ids"]
+    mask = inputs.get("attention_mask")
+    lead = ids.shape[:-1]
+    flat_ids = ids.reshape(-1, ids.shape[-1])
+    flat_mask = None if mask is None else mask.reshape(-1, mask.shape[-1])
+    out = reference.forward(params, config, flat_ids, attention_mask=flat_mask)
+    h = out["last_hidden_state"].reshape(*lead, *out["last_hidden_state"].shape[-2:])
+    exp = {
+        # as transformers v5 returns them: flat over leading dims, except the last (= last_hidden_state)
+        "hidden_states": out["hidden_states"][:-1] + (h,),
+        "attentions": out["attentions"],
+    }
+    if head == "base":
+        exp["last_hidden_state"] = h
+    elif head in ("lm", "double"):
+        exp["logits"] = reference.lm_logits(params, config, h)
+        exp["loss"] = reference.lm_loss(exp["logits"], inputs["labels"])
+        if head == "double":
+            exp["mc_logits"] = reference.sequence_summary(params, config, h, inputs["mc_token_ids"])[..., 0]
+            exp["mc_loss"] = reference.cross_entropy(exp["mc_logits"], inputs["mc_labels"])
+    elif head == "seqcls":
+        logits = h @ params["score.weight"].astype(np.float64).T
+        last = reference.last_non_pad_index(ids, config.pad_token_id, ids.shape[-1])
+        exp["logits"] = logits[np.arange(ids.shape[0]), last]
+        exp["loss"] = reference.sequence_classification_loss(config, exp["logits"], inputs["labels"])
+    elif head == "tokcls":
+        exp["logits"] = h @ params["classifier.weight"].astype(np.float64).T + params["classifier.bias"]
+        exp["loss"] = reference.cross_entropy(exp["logits"], inputs["labels"])
+    elif head == "qa":
+        logits = h @ params["qa_outputs.weight"].astype(np.float64).T + params["qa_outputs.bias"]
+        exp["start_logits"], exp["end_logits"] = logits[..., 0], logits[..., 1]
+        exp["loss"] = reference.qa_loss(exp["start_logits"], exp["end_logits"], inputs["start_positions"], inputs["end_positions"])
+    return exp
+
+
+def compare(got: dict, exp: dict, tol: float = TOL, mask_positions=None) -> None:
+    for field, value in exp.items():
+        assert got.get(field) is not None, f"output field {field!r} missing"
+        if isinstance(value, tuple):
+            assert len(got[field]) == len(value), field
+            for i, (g, e) in enumerate(zip(got[field], value)):
+                assert maxdiff(g, e) <= tol, f"{field}[{i}] differs by {maxdiff(g, e)}"
+        else:
+            d = maxdiff(got[field], value)
+            assert d <= tol, f"{field} differs by {d} (tol {tol})"
+
+
+@pytest.mark.parametrize("head", HEADS)
+@pytest.mark.parametrize("config_name", list(CONFIGS))
+def test_forward_matches_reference(backend, config_name, head):
+    config = make_config(config_name)
+    params = reference.random_params(config, head, seed=3)
+    model = backend.build(head, config, params)
+    inputs = head_inputs(head, config, "right")
+    got = backend.forward(model, head, **inputs, output_hidden_states=True, output_attentions=True)
+    compare(got, reference_outputs(head, config, params, inputs))
+
+
+@pytest.mark.parametrize("head", ["base", "lm", "seqcls"])
+@pytest.mark.parametrize("config_name", ["default", "mistral"])
+def test_left_padded_matches_reference(backend, config_name, head):
+    """Left padding: every position, pads included (the core's position-id and mask-fill rules are shared)."""
+    config = make_config(config_name)
+    params = reference.random_params(config, head, seed=4)
+    model = backend.build(head, config, params)
+    inputs = head_inputs(head, config, "left")
+    got = backend.forward(model, head, **inputs, output_hidden_states=True)
+    exp = reference_outputs(head, config, params, inputs)
+    exp.pop("attentions")
+    compare(got, exp)
+
+
+def test_left_padding_gives_unpadded_result(backend):
+    """A left-padded row computes what the same row computes alone (the position-id rule in action)."""
+    config = make_config("default")
+    params = reference.random_params(config, "lm", seed=5)
+    model = backend.build("lm", config, params)
+    ids, mask = padded_batch(config, "left")
+    got = backend.forward(model, "lm", input_ids=ids, attention_mask=mask)["logits"]
+    for row in range(ids.shape[0]):
+        n = int(mask[row].sum())
+        alone = backend.forward(model, "lm", input_ids=ids[row : row + 1, -n:])["logits"]
+        assert maxdiff(got[row, -n:], alone[0]) <= TOL
+
+
+@pytest.mark.parametrize("config_name", ["default", "mistral", "untied"])
+def test_cached_decoding_matches_uncached(backend, config_name):
+    """Prompt, then one token at a time through past_key_values, equals one uncached forward (left-padded)."""
+    config = make_config(config_name)
+    params = reference.random_params(config, "lm", seed=6)
+    model = backend.build("lm", config, params)
+    ids, mask = padded_batch(config, "left")
+    extra = np.random.default_rng(7).integers(1, config.vocab_size - 1, (ids.shape[0], 4))
+    full_ids = np.concatenate([ids, extra], 1)
+    full_mask = np.concatenate([mask, np.ones_like(extra)], 1)
+    full = backend.forward(model, "lm", input_ids=full_ids, attention_mask=full_mask)["logits"]
+    T = ids.shape[1]
+    out = backend.forward(model, "lm", input_ids=ids, attention_mask=mask, use_cache=True)
+    steps = [out["logits"]]
+    past = out["past_key_values"]
+    for t in range(extra.shape[1]):
+        out = backend.forward(
+            model, "lm", input_ids=extra[:, t : t + 1], attention_mask=full_mask[:, : T + t + 1], past_key_values=past, use_cache=True
+        )
+        past = out["past_key_values"]
+        steps.append(out["logits"])
+    cached = np.concatenate(steps, 1)
+    assert maxdiff(cached, full) <= TOL
+    ref = reference.lm_logits(params, config, reference.forward(params, config, full_ids, attention_mask=full_mask)["last_hidden_state"])
+    assert maxdiff(cached, ref) <= TOL
+    assert np.asarray(past[0][0]).shape == (ids.shape[0], config.n_head, full_ids.shape[1], config.head_dim)
+
+
+@pytest.mark.parametrize("config_name", ["default", "mistral"])
+def test_greedy_generation_matches_reference(backend, config_name):
+    config = make_config(config_name, eos_token_id=5)
+    params = reference.random_params(config, "lm", seed=8)
+    model = backend.build("lm", config, params)
+    ids, mask = padded_batch(config, "left")
+    gen = make_generation_config(config, ids.shape[1], max_new_tokens=8)
+    expected = reference_greedy(params, config, ids, mask, gen)
+    got = backend.generate(model, ids, attention_mask=mask, max_new_tokens=8)
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_generation_stops_at_eos(backend):
+    """Pick as eos the token greedy decoding emits first for row 0: that row stops, then gets pad_token_id."""
+    config = make_config("default")
+    params = reference.random_params(config, "lm", seed=9)
+    ids, mask = padded_batch(config, "left")
+    free = reference_greedy(params, config, ids, mask, make_generation_config(config, ids.shape[1], max_new_tokens=6, eos_token_id=()))
+    eos = int(free[0, ids.shape[1]])
+    config = make_config("default", eos_token_id=eos)
+    model = backend.build("lm", config, params)
+    got = backend.generate(model, ids, attention_mask=mask, max_new_tokens=6)
+    expected = reference_greedy(params, config, ids, mask, make_generation_config(config, ids.shape[1], max_new_tokens=6))
+    np.testing.assert_array_equal(got, expected)
+    assert got[0, ids.shape[1]] == eos and np.all(got[0, ids.shape[1] + 1 :] == config.pad_token_id)
+
+
+PAIRS = [(a, b) for i, a in enumerate(BACKENDS) for b in BACKENDS[i + 1 :]]
+
+
+@pytest.mark.parametrize("pair", PAIRS, ids=[f"{a}-{b}" for a, b in PAIRS])
+@pytest.mark.parametrize("head", HEADS)
+def test_backends_agree(pair, head):
+    """The same weights give the same outputs in two frameworks (max abs diff <= 1e-4)."""
+    config = make_config("mistral")
+    params = reference.random_params(config, head, seed=10)
+    inputs = head_inputs(head, config, "left")
+    outs = []
+    for name in pair:
+        mod = backend_module(name)
+        outs.append(mod.forward(mod.build(head, config, params), head, **inputs, output_hidden_states=True))
+    a, b = outs
+    fields = [k for k in a if k not in ("past_key_values",) and a[k] is not None]
+    assert fields
+    for field in fields:
+        if isinstance(a[field], tuple):
+            for x, y in zip(a[field], b[field]):
+                assert maxdiff(x, y) <= TOL, field
+        else:
+            assert maxdiff(a[field], b[field]) <= TOL, field
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_canonical_round_trip(backend, head):
+    config = make_config("untied")
+    params = reference.random_params(config, head, seed=11)
+    model = backend.build(head, config, params)
+    back = backend.canonical(model)
+    assert set(back) == set(params)
+    for k in params:
+        np.testing.assert_array_equal(back[k], params[k], err_msg=k)
+
+
+@pytest.mark.parametrize("target", BACKENDS)
+def test_checkpoint_loads_in_every_backend(backend, target, tmp_path):
+    """save_pretrained in one backend, from_pretrained in another: identical weights."""
+    config = make_config("default")
+    params = reference.random_params(config, "lm", seed=12)
+    backend.save(backend.build("lm", config, params), tmp_path)
+    loaded = backend_module(target).load("lm", tmp_path)
+    back = backend_module(target).canonical(loaded)
+    for k in params:
+        np.testing.assert_array_equal(back[k], params[k], err_msg=k)
+
+
+# -- bad input: the same ValueError from every backend -------------------------------------------------------------
+
+
+def _lm(backend):
+    config = make_config("default")
+    return config, backend.build("lm", config, reference.random_params(config, "lm", seed=13))
+
+
+def test_error_token_id_out_of_range(backend):
+    config, model = _lm(backend)
+    with pytest.raises(ValueError, match=r"Token id 97 is out of range for vocab_size=97"):
+        backend.forward(model, "lm", input_ids=np.array([[1, 2, 97]]))
+    with pytest.raises(ValueError, match=r"Token id -1 is out of range"):
+        backend.forward(model, "lm", input_ids=np.array([[1, -1, 2]]))
+
+
+def test_error_sequence_too_long(backend):
+    config, model = _lm(backend)
+    with pytest.raises(ValueError, match=r"Sequence length 25 exceeds n_positions=24"):
+        backend.forward(model, "lm", input_ids=np.ones((1, 25), np.int64))
+
+
+def test_error_sequence_too_long_through_cache(backend):
+    config, model = _lm(backend)
+    out = backend.forward(model, "lm", input_ids=np.ones((1, 20), np.int64), use_cache=True)
+    with pytest.raises(ValueError, match=r"Sequence length 25 exceeds n_positions=24 \(past_key_values hold 20"):
+        backend.forward(model, "lm", input_ids=np.ones((1, 5), np.int64), past_key_values=out["past_key_values"])
+
+
+def test_error_mask_shape_mismatch(backend):
+    config, model = _lm(backend)
+    with pytest.raises(ValueError, match=r"attention_mask must have shape"):
+        backend.forward(model, "lm", input_ids=np.ones((2, 5), np.int64), attention_mask=np.ones((2, 4), np.int64))
+
+
+def test_error_generate_too_long(backend):
+    config, model = _lm(backend)
+    with pytest.raises(ValueError, match=r"exceeds n_positions=24"):
+        backend.generate(model, np.ones((1, 20), np.int64), max_new_tokens=10)
+
+
+def test_error_checkpoint_mismatch(backend, tmp_path):
+    """A checkpoint saved for another shape gives a ValueError listing the mis-shaped keys."""
+    config = make_config("default")
+    backend.save(backend.build("lm", config, reference.random_params(config, "lm", seed=14)), tmp_path)
+    import json
+
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg["n_embd"] = 64
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=r"wrong shapes"):
+        backend.load("lm", tmp_path)
+
+
+def test_error_truncated_safetensors(backend, tmp_path):
+    config = make_config("default")
+    backend.save(backend.build("lm", config, reference.random_params(config, "lm", seed=15)), tmp_path)
+    f = tmp_path / "model.safetensors"
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    with pytest.raises(ValueError, match=r"truncated or corrupt"):
+        backend.load("lm", tmp_path)
