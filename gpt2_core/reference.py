@@ -90,8 +90,8 @@ def position_ids_from_attention_mask(attention_mask: np.ndarray, query_length: i
     """
     mask = np.asarray(attention_mask)
     S = mask.shape[-1]
-    # number of leading padding tokens: index of the first attended token (0 for a row with none)
-    leading = np.argmax(mask != 0, axis=-1)  # (B,)
+    # number of leading padding tokens: index of the first attended token, S for a row that is all padding
+    leading = np.where((mask != 0).any(-1), np.argmax(mask != 0, axis=-1), S)  # (B,)
     pos = np.maximum(np.arange(S)[None, :] - leading[:, None], 0)  # (B, S)
     return pos[:, S - query_length :].astype(np.int64)
 

@@ -58,7 +58,8 @@ ACT2FN = {
 def position_ids_from_attention_mask(attention_mask: torch.Tensor, query_length: int) -> torch.Tensor:
     """gpt2_core.reference.position_ids_from_attention_mask: `max(0, index - leading_pads)`, last T columns."""
     S = attention_mask.shape[-1]
-    leading = torch.argmax((attention_mask != 0).to(torch.int32), dim=-1)  # (B,)
+    present = attention_mask != 0
+    leading = torch.where(present.any(-1), torch.argmax(present.to(torch.int32), dim=-1), S)  # (B,)
     pos = torch.clamp(torch.arange(S, device=attention_mask.device)[None, :] - leading[:, None], min=0)  # (B, S)
     return pos[:, S - query_length :]
 

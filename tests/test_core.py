@@ -1,0 +1,247 @@
+"""gpt2_core: config, naming table, reference decisions, hub IO, sampling rules. No framework needed except as an
+oracle (transformers' config defaults and logits warpers)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import REPO, make_config
+from gpt2_core import hub, naming, reference
+from gpt2_core.config import PRESETS, GPT2Config
+from gpt2_core.generation import make_generation_config, process_logits
+
+
+def test_import_gpt2_core_does_not_import_frameworks():
+    code = (
+        "import sys, gpt2_core, gpt2_core.naming, gpt2_core.reference, gpt2_core.hub, gpt2_core.generation, gpt2_core.checks;"
+        "from gpt2_core import GPT2Tokenizer;"
+        "bad = [m for m in ('torch', 'tensorflow', 'jax', 'flax', 'keras') if m in sys.modules];"
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+# -- config ------------------------------------------------------------------------------------------------------
+
+
+def test_config_defaults_equal_transformers():
+    transformers = pytest.importorskip("transformers")
+    theirs = transformers.GPT2Config().to_dict()
+    ours = GPT2Config().to_dict()
+    for key in ["vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "n_inner", "activation_function",
+                "resid_pdrop", "embd_pdrop", "attn_pdrop", "layer_norm_epsilon", "initializer_range", "summary_type",
+                "summary_use_proj", "summary_activation", "summary_proj_to_labels", "summary_first_dropout",
+                "scale_attn_weights", "use_cache", "bos_token_id", "eos_token_id", "pad_token_id",
+                "scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn", "add_cross_attention",
+                "tie_word_embeddings"]:
+        assert ours[key] == theirs[key], key
+    assert GPT2Config().num_labels == transformers.GPT2Config().num_labels
+
+
+def test_config_json_round_trip_with_transformers(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    transformers.GPT2Config(n_layer=3, n_embd=48, n_head=6, num_labels=4, some_custom_key="kept").save_pretrained(tmp_path)
+    ours = GPT2Config.from_pretrained(tmp_path)
+    assert (ours.n_layer, ours.n_embd, ours.n_head, ours.num_labels) == (3, 48, 6, 4)
+    assert ours.some_custom_key == "kept" and ours.hidden_size == 48 and ours.num_attention_heads == 6
+    ours.save_pretrained(tmp_path / "again")
+    data = json.loads((tmp_path / "again" / "config.json").read_text())
+    assert data["some_custom_key"] == "kept" and data["model_type"] == "gpt2"
+    back = transformers.GPT2Config.from_pretrained(tmp_path / "again")
+    assert (back.n_layer, back.n_embd, back.num_labels) == (3, 48, 4)
+
+
+def test_presets():
+    assert GPT2Config.from_preset("gpt2").n_layer == 12
+    xl = GPT2Config.from_preset("openai-community/gpt2-xl")
+    assert (xl.n_embd, xl.n_layer, xl.n_head) == (1600, 48, 25)
+    assert GPT2Config.from_preset("distilgpt2").n_layer == 6
+    assert set(PRESETS) == {"gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "distilgpt2"}
+    with pytest.raises(ValueError, match="Unknown preset"):
+        GPT2Config.from_preset("gpt3")
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(n_embd=100, n_head=12), r"n_embd must be divisible by n_head. Received: n_embd=100, n_head=12"),
+        (dict(activation_function="gelu_newer"), r"Unknown activation_function"),
+        (dict(n_layer=0), r"`n_layer` must be a positive integer"),
+        (dict(attn_pdrop=1.5), r"`attn_pdrop` must be in \[0, 1\)"),
+        (dict(summary_type="attn"), r"Unsupported summary_type"),
+        (dict(hidden_size=64, n_embd=32), r"`hidden_size` is another name for `n_embd`"),
+        (dict(num_labels=3, id2label={0: "a"}), r"num_labels disagrees with id2label"),
+    ],
+)
+def test_config_rejects_inconsistent(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        GPT2Config(**kwargs)
+
+
+def test_config_rejects_other_model_type(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    with pytest.raises(ValueError, match="not a GPT-2 config"):
+        GPT2Config.from_pretrained(tmp_path)
+
+
+# -- naming ------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend_name", naming.BACKENDS)
+@pytest.mark.parametrize("head", naming.HEADS)
+def test_naming_round_trip(backend_name, head):
+    config = make_config("untied", add_cross_attention=True)
+    params = reference.random_params(config, head, seed=0)
+    there = naming.to_backend(params, backend_name, config, head)
+    assert len(there) == len(params)
+    back = naming.from_backend(there, backend_name, config, head)
+    assert set(back) == set(params)
+    for k in params:
+        np.testing.assert_array_equal(back[k], params[k])
+
+
+def test_naming_layouts():
+    config = make_config("untied")
+    path, t = naming.backend_path("h.1.attn.c_attn.weight", "torch", config)
+    assert (path, t) == ("h.1.attn.c_attn.weight", True)
+    assert naming.backend_path("h.1.ln_2.weight", "tf", config) == ("h.1.ln_2.gamma", False)
+    assert naming.backend_path("wte.weight", "flax", config) == ("wte.embedding", False)
+    assert naming.backend_path("lm_head.weight", "flax", config, "lm") == ("lm_head.kernel", True)
+    assert naming.backend_path("score.weight", "torch", config, "seqcls") == ("score.weight", False)
+
+
+def test_hub_state_dict_prefixes_and_ties():
+    config = make_config("default")
+    params = reference.random_params(config, "lm", seed=0)
+    hub_sd = naming.to_hub_state_dict(params, "lm")
+    assert "transformer.wte.weight" in hub_sd and "lm_head.weight" not in hub_sd
+    hub_sd["lm_head.weight"] = hub_sd["transformer.wte.weight"]  # some files store the tied copy
+    hub_sd["transformer.h.0.attn.masked_bias"] = np.zeros(())
+    canon, missing = naming.from_hub_state_dict(hub_sd, config, "lm")
+    assert not missing and set(canon) == set(params)
+    base, missing = naming.from_hub_state_dict(hub_sd, config, "base")  # a task checkpoint into GPT2Model
+    assert not missing and "lm_head.weight" not in base
+    _, missing = naming.from_hub_state_dict(naming.to_hub_state_dict(base), config, "qa")
+    assert missing == ["qa_outputs.weight", "qa_outputs.bias"]
+    with pytest.raises(ValueError, match="missing keys"):
+        naming.from_hub_state_dict(naming.to_hub_state_dict(base), config, "qa", allow_missing_head=False)
+
+
+# -- reference decisions -------------------------------------------------------------------------------------------
+
+
+def test_position_ids_rule():
+    mask = np.array([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [0, 0, 0, 0, 0]])
+    np.testing.assert_array_equal(
+        reference.position_ids_from_attention_mask(mask, 5),
+        [[0, 0, 0, 1, 2], [0, 1, 2, 3, 4], [0, 1, 2, 3, 4], [0, 0, 0, 0, 0]],
+    )
+    np.testing.assert_array_equal(reference.position_ids_from_attention_mask(mask, 2), [[1, 2], [3, 4], [3, 4], [0, 0]])
+
+
+def test_fully_padded_query_is_finite_and_cache_independent():
+    config = make_config("default")
+    params = reference.random_params(config, "base", seed=0)
+    ids = np.array([[0, 0, 0, 5, 6, 7]])
+    mask = np.array([[0, 0, 0, 1, 1, 1]])
+    full = reference.forward(params, config, ids, attention_mask=mask)
+    assert np.isfinite(full["last_hidden_state"]).all()
+    part = reference.forward(params, config, ids[:, :2], attention_mask=mask[:, :2])
+    np.testing.assert_allclose(part["last_hidden_state"], full["last_hidden_state"][:, :2], atol=1e-12)
+
+
+def test_reference_matches_transformers():
+    """The float64 reference against transformers' PyTorch GPT2Model (eager, float32) on all activations."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    for act in ("gelu_new", "gelu", "relu", "silu", "gelu_fast", "quick_gelu"):
+        config = make_config("mistral", activation_function=act)
+        params = reference.random_params(config, "base", seed=1)
+        hf = transformers.GPT2Model(transformers.GPT2Config(**config.to_dict(), attn_implementation="eager")).eval()
+        result = hf.load_state_dict({k: torch.from_numpy(v) for k, v in params.items()}, strict=False)
+        assert not result.missing_keys and not result.unexpected_keys
+        ids = np.random.default_rng(0).integers(0, config.vocab_size, (2, 9))
+        with torch.no_grad():
+            theirs = hf(torch.from_numpy(ids)).last_hidden_state.numpy()
+        ours = reference.forward(params, config, ids)["last_hidden_state"]
+        assert np.max(np.abs(theirs - ours)) < 1e-5, act
+
+
+# -- sampling rules against transformers' logits processors -------------------------------------------------------
+
+
+@pytest.mark.parametrize("temperature, top_k, top_p", [(0.7, None, None), (1.0, 5, None), (1.0, None, 0.8), (1.3, 10, 0.6)])
+def test_process_logits_matches_transformers(temperature, top_k, top_p):
+    torch = pytest.importorskip("torch")
+    from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    logits = np.random.default_rng(0).standard_normal((4, 50)).astype(np.float32) * 3
+    gen = make_generation_config(make_config("default"), 1, temperature=temperature, top_k=top_k, top_p=top_p, do_sample=True)
+    ours = process_logits(logits, gen)
+    x = torch.from_numpy(logits)
+    x = TemperatureLogitsWarper(temperature)(None, x)
+    if top_k:
+        x = TopKLogitsWarper(top_k)(None, x)
+    if top_p:
+        x = TopPLogitsWarper(top_p)(None, x)
+    theirs = x.numpy()
+    np.testing.assert_array_equal(np.isfinite(theirs) & (theirs > -1e30), ours > -1e30)
+    kept = ours > -1e30
+    np.testing.assert_allclose(ours[kept], theirs[kept], rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(max_new_tokens=0), "max_new_tokens must be a positive integer"),
+        (dict(temperature=0.0), "temperature must be > 0"),
+        (dict(top_p=1.5), r"top_p must be in \(0, 1\]"),
+        (dict(top_k=-1), "top_k must be a non-negative integer"),
+        (dict(max_new_tokens=30), "exceeds n_positions=24"),
+    ],
+)
+def test_generation_arguments_checked(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        make_generation_config(make_config("default"), 3, **kwargs)
+
+
+# -- hub IO --------------------------------------------------------------------------------------------------------
+
+
+def test_atomic_write_leaves_nothing_on_error(tmp_path):
+    target = tmp_path / "out.bin"
+    with pytest.raises(RuntimeError):
+        with hub.atomic_path(target) as tmp:
+            tmp.write_bytes(b"partial")
+            raise RuntimeError("interrupted")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sharded_safetensors_round_trip(tmp_path):
+    params = reference.random_params(make_config("default"), "lm", seed=0)
+    files = hub.save_safetensors(params, tmp_path, max_shard_size="10KB")
+    assert len(files) > 2 and (tmp_path / "model.safetensors.index.json").exists()
+    back = hub.load_state_dict(tmp_path)
+    for k in params:
+        np.testing.assert_array_equal(back[k], params[k])
+
+
+def test_truncated_safetensors_is_a_clear_error(tmp_path):
+    hub.save_safetensors(reference.random_params(make_config("default"), "base", seed=0), tmp_path)
+    f = tmp_path / "model.safetensors"
+    f.write_bytes(f.read_bytes()[:100])
+    with pytest.raises(ValueError, match="truncated or corrupt"):
+        hub.load_state_dict(tmp_path)
+
+
+def test_missing_directory_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(FileNotFoundError, match="No such directory, and not a Hub id"):
+        hub.resolve_file(str(tmp_path / "nope" / "deeper" / "x"), "config.json")
+    with pytest.raises(FileNotFoundError, match="No weights found"):
+        hub.resolve_weights(tmp_path)
