@@ -185,6 +185,17 @@ def to_backend(
     return out
 
 
+def canonical_names(backend: str, config: GPT2Config, head: str = "base") -> dict[str, str]:
+    """{backend parameter path: canonical key} for a model of `head` (body paths prefixed for task models)."""
+    out = {}
+    for key in canonical_shapes(config, head):
+        path, _ = backend_path(key, backend, config, head)
+        if head != "base" and not is_head_key(key):
+            path = BODY_PREFIX + path
+        out[path] = key
+    return out
+
+
 def from_backend(
     params: Mapping[str, np.ndarray], backend: str, config: GPT2Config, head: str = "base"
 ) -> dict[str, np.ndarray]:
@@ -272,3 +283,213 @@ def to_hub_state_dict(canonical: Mapping[str, np.ndarray], head: str = "base") -
     if head == "base":
         return {k: np.asarray(v) for k, v in canonical.items()}
     return {(k if is_head_key(k) else BODY_PREFIX + k): np.asarray(v) for k, v in canonical.items()}
+
+
+# =====================================================================================================================
+# Other libraries' checkpoint files (used by weights_convert). Appended section, owned by weights_convert.
+#
+# Canonical key -> (name inside the file, layout), for the formats the converter reads and writes without building a
+# model. References (transformers 4.46, the last releases with the TF and Flax classes):
+#   tf_h5         `tf_model.h5` of TFGPT2* (Keras 2 `save_weights`): weight names like
+#                 `tfgpt2lm_head_model/transformer/h_._0/attn/c_attn/weight:0`; the first component is the Keras model
+#                 name (the class name in snake case; old files spell it `tfgp_t2lm_head_model`), which transformers
+#                 strips when loading. TFConv1D stores `weight` `[in, out]` (the Hub layout) and `bias` `[1, out]`;
+#                 keras Dense stores `kernel` `[in, out]` (the Hub `nn.Linear` weight transposed). Old files
+#                 (TFSharedEmbeddings) name the token embedding `wte/weight:0`, newer ones `wte/embeddings:0`.
+#                 The base model TFGPT2Model also nests its body under `transformer/`.
+#   flax_msgpack  `flax_model.msgpack` of FlaxGPT2* (`flax.serialization.to_bytes(params)`): paths like
+#                 `transformer/h/0/attn/c_attn/kernel`. FlaxConv1D keeps its kernel `[out, in]` (the Hub matrix
+#                 transposed; transformers' convert_pytorch_state_dict_to_flax transposes it); nn.Dense kernels are
+#                 `[in, out]`; `ln_1/scale`; `wte/embedding`. FlaxGPT2Model files have no `transformer/` prefix.
+#   openai        OpenAI's original TF1 checkpoint (`model.ckpt.*` + hparams.json): `model/wte`, `model/h0/ln_1/g`,
+#                 `model/h0/attn/c_attn/w` `[1, in, out]` (a 1x1 conv), `model/ln_f/b`. The language model only.
+# transformers 4.x has no TF/Flax class for some heads (TF: qa, tokcls, untied lm_head; Flax: everything but
+# base/lm); for those the tables use the same module names with that framework's Dense layout, so our files
+# round-trip, and weights_convert warns that transformers 4.x will not load that head.
+# =====================================================================================================================
+
+FILE_FORMATS = ("tf_h5", "flax_msgpack", "openai")
+
+# Layouts: how the file's array relates to the canonical one.
+#   same       identical
+#   transpose  2-D transpose
+#   row        canonical (n,) stored as (1, n)          (TFConv1D bias)
+#   conv       canonical (in, out) stored as (1, in, out) (OpenAI's conv1d weights)
+FILE_LAYOUTS = ("same", "transpose", "row", "conv")
+
+# transformers' class name of each head (config.json `architectures`), and the heads' top-level module names.
+ARCHITECTURES = {
+    "base": "GPT2Model",
+    "lm": "GPT2LMHeadModel",
+    "double": "GPT2DoubleHeadsModel",
+    "qa": "GPT2ForQuestionAnswering",
+    "seqcls": "GPT2ForSequenceClassification",
+    "tokcls": "GPT2ForTokenClassification",
+}
+HEAD_MODULES = {
+    "multiple_choice_head": "double",  # checked first: a double-heads model may also carry an untied lm_head
+    "score": "seqcls",
+    "qa_outputs": "qa",
+    "classifier": "tokcls",
+    "lm_head": "lm",
+}
+
+# Keras model names (the first component of every weight name in a 4.x tf_model.h5), per head.
+TF_MODEL_NAMES = {
+    "base": "tfgpt2_model",
+    "lm": "tfgpt2lm_head_model",
+    "double": "tfgpt2_double_heads_model",
+    "qa": "tfgpt2_for_question_answering",
+    "seqcls": "tfgpt2_for_sequence_classification",
+    "tokcls": "tfgpt2_for_token_classification",
+}
+
+# (module kind -> canonical leaf -> (file leaf, layout)) per format; kinds are the Rule kinds above.
+_FILE_LEAVES: dict[str, dict[str, dict[str, tuple[str, str]]]] = {
+    "tf_h5": {
+        "embedding": {"weight": ("embeddings:0", "same")},
+        "layer_norm": {"weight": ("gamma:0", "same"), "bias": ("beta:0", "same")},
+        "conv1d": {"weight": ("weight:0", "same"), "bias": ("bias:0", "row")},
+        "linear": {"weight": ("kernel:0", "transpose"), "bias": ("bias:0", "same")},
+    },
+    "flax_msgpack": {
+        "embedding": {"weight": ("embedding", "same")},
+        "layer_norm": {"weight": ("scale", "same"), "bias": ("bias", "same")},
+        "conv1d": {"weight": ("kernel", "transpose"), "bias": ("bias", "same")},
+        "linear": {"weight": ("kernel", "transpose"), "bias": ("bias", "same")},
+    },
+    "openai": {
+        "embedding": {"weight": ("", "same")},
+        "layer_norm": {"weight": ("g", "same"), "bias": ("b", "same")},
+        "conv1d": {"weight": ("w", "conv"), "bias": ("b", "same")},
+    },
+}
+
+# Other spellings readers accept: (pattern, replacement) applied to a name (model-name prefix already stripped).
+FILE_ALIASES: dict[str, tuple[tuple[re.Pattern, str], ...]] = {
+    "tf_h5": ((re.compile(r"^(transformer/wte)/weight:0$"), r"\1/embeddings:0"),),  # TFSharedEmbeddings, < 4.27
+    "flax_msgpack": (),
+    "openai": (),
+}
+
+# OpenAI checkpoints from fine-tuning scripts carry optimizer state (`model/h0/attn/c_attn/w/Adam`, `beta1_power`,
+# `global_step`; transformers issues #698, #6467, #11435). Variables outside `model/`, and slots below a model
+# variable, are not parameters and are skipped.
+OPENAI_SCOPE = "model/"
+
+
+def _file_module(fmt: str, module: str, head: str, is_head: bool) -> str:
+    """Canonical module path (`h.3.attn.c_attn`) -> the format's path (`transformer/h_._3/attn/c_attn`)."""
+    parts = module.split(".")
+    if fmt == "openai":
+        if parts[0] == "h":
+            parts = [f"h{parts[1]}"] + parts[2:]
+        return OPENAI_SCOPE + "/".join(parts)
+    if parts[0] == "h":
+        parts = ([f"h_._{parts[1]}"] if fmt == "tf_h5" else ["h", parts[1]]) + parts[2:]
+    path = "/".join(parts)
+    if is_head:
+        return path
+    if fmt == "tf_h5" or head != "base":  # TFGPT2Model nests the body under `transformer/` too; FlaxGPT2Model doesn't
+        return "transformer/" + path
+    return path
+
+
+def file_names(fmt: str, config: GPT2Config, head: str = "base") -> dict[str, tuple[str, str]]:
+    """Canonical key -> (name in a `fmt` file, layout) for the model `head`.
+
+    tf_h5 names are relative to the Keras model (no model-name prefix); flax_msgpack names are `/`-joined tree paths.
+    """
+    if fmt not in FILE_FORMATS:
+        raise ValueError(f"Unknown file format. Received: fmt={fmt!r}. Use one of {FILE_FORMATS}.")
+    _check_head(head)
+    out = {}
+    for key, (_, rule) in {**body_shapes(config), **head_shapes(config, head)}.items():
+        module, leaf = key.rsplit(".", 1)
+        leaves = _FILE_LEAVES[fmt].get(rule.kind)
+        if leaves is None:
+            raise ValueError(
+                f"The {fmt} format has no place for this tensor. Received: key={key!r}. "
+                "Convert to safetensors instead, which holds every head."
+            )
+        file_leaf, layout = leaves[leaf]
+        path = _file_module(fmt, module, head, is_head_key(key))
+        out[key] = (f"{path}/{file_leaf}" if file_leaf else path, layout)
+    return out
+
+
+def file_name_table(fmt: str, config: GPT2Config, head: str = "base") -> dict[str, tuple[str, str]]:
+    """Name in a `fmt` file -> (canonical key, layout), for the body and every head a `head` file may carry.
+
+    Other heads' tensors map to their canonical head keys, which `from_hub_state_dict` drops.
+    """
+    out: dict[str, tuple[str, str]] = {}
+    for h in (head,) + tuple(x for x in HEADS if x != head):
+        try:
+            names = file_names(fmt, config, h)
+        except ValueError:  # a head the format cannot hold (openai)
+            continue
+        for key, (name, layout) in names.items():
+            out.setdefault(name, (key, layout))
+    return out
+
+
+def normalize_file_name(fmt: str, name: str) -> str:
+    """Apply the format's accepted alternative spellings (`FILE_ALIASES`)."""
+    for pattern, repl in FILE_ALIASES[fmt]:
+        name = pattern.sub(repl, name)
+    return name
+
+
+def is_openai_extra(name: str, known: Mapping[str, object]) -> bool:
+    """An OpenAI-checkpoint variable that is not a model parameter (optimizer slots, counters)."""
+    if name in known:
+        return False
+    if not name.startswith(OPENAI_SCOPE):
+        return True
+    parent = name.rsplit("/", 1)[0]
+    while "/" in parent:
+        if parent in known:
+            return True  # a slot of a parameter, e.g. model/h0/attn/c_attn/w/Adam_1
+        parent = parent.rsplit("/", 1)[0]
+    return False
+
+
+def to_file_layout(value: np.ndarray, layout: str) -> np.ndarray:
+    """Canonical array -> the array stored in the file."""
+    value = np.asarray(value)
+    if layout == "same":
+        return value
+    if layout == "transpose":
+        return np.ascontiguousarray(value.T)
+    if layout == "row":
+        return value.reshape(1, -1)
+    if layout == "conv":
+        return value[None]
+    raise ValueError(f"Unknown layout. Received: layout={layout!r}. Use one of {FILE_LAYOUTS}.")
+
+
+def from_file_layout(value: np.ndarray, layout: str) -> np.ndarray:
+    """The array stored in the file -> canonical layout. An unexpected rank is left alone for the shape check."""
+    value = np.asarray(value)
+    if layout == "same":
+        return value
+    if layout == "transpose":
+        return np.ascontiguousarray(value.T) if value.ndim == 2 else value
+    if layout == "row":
+        return value.reshape(-1) if value.ndim == 2 and value.shape[0] == 1 else value
+    if layout == "conv":
+        return value[0] if value.ndim == 3 and value.shape[0] == 1 else value
+    raise ValueError(f"Unknown layout. Received: layout={layout!r}. Use one of {FILE_LAYOUTS}.")
+
+
+def head_from_names(names, *, sep: str = ".") -> str | None:
+    """The task head a checkpoint holds, from its tensor names (canonical, Hub or file names), or None if none.
+
+    `sep` is the names' separator; the `transformer` prefix and (tf_h5) model-name prefixes must be stripped.
+    """
+    tops = {n.split(sep, 1)[0] for n in names}
+    for module, head in HEAD_MODULES.items():
+        if module in tops:
+            return head
+    return None

@@ -1,0 +1,81 @@
+"""`gpt2 train`: the same flags and meaning for every backend.
+
+    gpt2 train --backend torch --data ../shared/corpus/shakespeare --model gpt2 \\
+        --set n_layer=4 --set n_embd=128 --set n_head=4 --block-size 128 --batch-size 16 --max-steps 2000 -o out/
+    torchrun --nproc_per_node 2 -m gpt2_core.train_cli --backend torch ...     # data parallel (DDP)
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import logging
+import sys
+from typing import Sequence
+
+from gpt2_core.training import TrainConfig
+
+
+def _parse_set(items: Sequence[str]) -> dict:
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"--set expects KEY=VALUE. Received: {item!r}.")
+        key, value = item.split("=", 1)
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key] = value
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = TrainConfig()
+    p = argparse.ArgumentParser(prog="gpt2 train", description="Train or fine-tune GPT-2 on text files.")
+    p.add_argument("--backend", choices=("torch", "tf", "flax"), default="torch")
+    p.add_argument("--data", nargs="+", required=True, help="text files or directories")
+    p.add_argument("-o", "--output-dir", default=d.output_dir)
+    p.add_argument("--model", default=d.model, help="preset (gpt2, gpt2-medium, ...), config.json, or a model dir to fine-tune")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field (from scratch)")
+    for name in ("block_size", "batch_size", "max_steps", "warmup_steps", "eval_every", "eval_batches", "save_every", "log_every", "seed"):
+        p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
+    for name in ("learning_rate", "min_lr_ratio", "weight_decay", "beta1", "beta2", "grad_clip", "eval_fraction"):
+        p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
+    p.add_argument("--dropout", type=float, default=None)
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output-dir")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        tc = TrainConfig(
+            data=args.data, output_dir=args.output_dir, model=args.model, overrides=_parse_set(args.set),
+            block_size=args.block_size, batch_size=args.batch_size, max_steps=args.max_steps,
+            warmup_steps=args.warmup_steps, eval_every=args.eval_every, eval_batches=args.eval_batches,
+            save_every=args.save_every, log_every=args.log_every, seed=args.seed, learning_rate=args.learning_rate,
+            min_lr_ratio=args.min_lr_ratio, weight_decay=args.weight_decay, beta1=args.beta1, beta2=args.beta2,
+            grad_clip=args.grad_clip, eval_fraction=args.eval_fraction, dropout=args.dropout, resume=args.resume,
+        )
+        if args.backend == "torch":
+            from gpt2_torch.training import train
+        elif args.backend == "tf":
+            from gpt2_tf.training import train
+        else:
+            from gpt2_flax.training import train_lm as train
+        result = train(tc, progress=not args.no_progress)
+    except (ValueError, FileNotFoundError) as e:
+        sys.stderr.write(f"gpt2 train: error: {e}\n")
+        return 2
+    except ImportError as e:
+        sys.stderr.write(f"gpt2 train: error: the {args.backend} backend is not available ({e}).\n")
+        return 2
+    sys.stdout.write(json.dumps(result) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,290 @@
+"""Framework-neutral parts of `gpt2 train`: reading and tokenizing text, packing blocks, the train/eval split, the
+batch order, the learning-rate schedule, metrics logging and checkpoint bookkeeping.
+
+Each backend's trainer (gpt2_torch/training.py, gpt2_tf/training.py, gpt2_flax/training.py) takes a `TrainConfig`
+and the `Dataset` made here, so the three read the same batches in the same order and follow the same schedule:
+the only thing they differ in is the framework.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from gpt2_core.config import GPT2Config
+
+logger = logging.getLogger(__name__)
+
+TEXT_SUFFIXES = {".txt", ".md", ".text", ".rst", ""}
+STATE_NAME = "trainer_state.json"
+METRICS_NAME = "metrics.jsonl"
+
+
+@dataclass
+class TrainConfig:
+    """Arguments of `gpt2 train`; the same in every backend.
+
+    Args:
+        data: Text files or directories (read recursively).
+        output_dir: Where checkpoints, metrics and the final model go.
+        model: A preset name (`gpt2`, ...), a config.json path, or a pretrained model directory (fine-tuning).
+        block_size: Tokens per training sequence.
+        batch_size: Global batch size (sequences per optimizer step, over all processes/devices).
+        max_steps: Optimizer steps.
+        learning_rate: Peak learning rate (AdamW).
+        min_lr_ratio: Final learning rate as a fraction of the peak (cosine decay).
+        warmup_steps: Linear warmup steps.
+        weight_decay: AdamW decoupled weight decay (not applied to biases, LayerNorm and embeddings... see `decay_mask`).
+        beta1, beta2, eps: AdamW.
+        grad_clip: Global gradient-norm clip (0 = off).
+        eval_fraction: Share of the text held out for evaluation (whole files when there are 10 or more).
+        eval_every: Evaluate (and log) every N steps.
+        eval_batches: Batches per evaluation (0 = the whole held-out split).
+        save_every: Checkpoint every N steps (0 = only at the end).
+        log_every: Log training loss every N steps.
+        seed: Seed of the data order and of initialisation.
+        dropout: Overrides the config's dropout rates when set.
+        overrides: Config fields to override when training from scratch (n_layer, n_embd, ...).
+        resume: Continue from the last checkpoint in output_dir.
+    """
+
+    data: Sequence[str] = ()
+    output_dir: str = "gpt2-out"
+    model: str = "gpt2"
+    block_size: int = 128
+    batch_size: int = 16
+    max_steps: int = 1000
+    learning_rate: float = 6e-4
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+    eval_fraction: float = 0.05
+    eval_every: int = 200
+    eval_batches: int = 20
+    save_every: int = 0
+    log_every: int = 10
+    seed: int = 0
+    dropout: float | None = None
+    overrides: dict = field(default_factory=dict)
+    resume: bool = False
+
+    def to_json(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["data"] = list(self.data)
+        return d
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Text
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def collect_text_files(paths: Sequence[str | os.PathLike]) -> list[Path]:
+    """Text files named or found (recursively) under `paths`, sorted; a clear error when there are none."""
+    if not paths:
+        raise ValueError("No training data given. Received: data=[]. Pass text files or a directory of .txt files.")
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_file():
+            files.append(p)
+        elif p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in TEXT_SUFFIXES and not f.name.startswith("."))
+            if not found:
+                raise ValueError(f"The directory holds no text files. Received: data={str(p)!r}. Expected .txt/.md files.")
+            files.extend(found)
+        else:
+            raise ValueError(f"No such file or directory. Received: data={str(p)!r}.")
+    return files
+
+
+def read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"The file is not UTF-8 text. Received: {str(path)!r} ({e}). Convert it to UTF-8.") from e
+    except OSError as e:
+        raise ValueError(f"Cannot read the file. Received: {str(path)!r} ({e.strerror}).") from e
+
+
+@dataclass
+class Dataset:
+    """Token blocks for training and evaluation.
+
+    Args:
+        train: (n_train, block_size) int32 blocks.
+        eval: (n_eval, block_size) int32 blocks.
+        n_tokens: Tokens in the corpus.
+        eval_files: Files held out whole for evaluation (empty when the split is by tokens).
+    """
+
+    train: np.ndarray
+    eval: np.ndarray
+    n_tokens: int
+    eval_files: list[str]
+
+    def batches(self, batch_size: int, seed: int, start_step: int = 0) -> Iterator[np.ndarray]:
+        """Endless (batch_size, block_size) batches; the order depends only on `seed` and the step, so a resumed run
+        and every backend see the same batches."""
+        n = len(self.train)
+        if n < batch_size:
+            raise ValueError(
+                f"Not enough text for one batch. Received: {n} blocks, batch_size={batch_size}. Lower --batch-size "
+                "or --block-size, or add text."
+            )
+        per_epoch = n // batch_size
+        step = start_step
+        while True:
+            epoch, i = divmod(step, per_epoch)
+            order = np.random.default_rng([seed, epoch]).permutation(n)
+            yield self.train[order[i * batch_size : (i + 1) * batch_size]]
+            step += 1
+
+    def eval_batches(self, batch_size: int, limit: int = 0) -> list[np.ndarray]:
+        n = len(self.eval) // batch_size
+        if limit:
+            n = min(n, limit)
+        return [self.eval[i * batch_size : (i + 1) * batch_size] for i in range(n)]
+
+
+def pack(ids: np.ndarray, block_size: int) -> np.ndarray:
+    n = len(ids) // block_size
+    return ids[: n * block_size].reshape(n, block_size).astype(np.int32)
+
+
+def build_dataset(files: Sequence[Path], tokenizer, block_size: int, n_positions: int, eval_fraction: float) -> Dataset:
+    """Tokenize files (each ends with <|endoftext|>), hold out files (>= 10 files) or the tail, pack into blocks."""
+    if block_size > n_positions:
+        raise ValueError(
+            f"block_size exceeds the model's n_positions. Received: block_size={block_size}, n_positions={n_positions}. "
+            "Use --block-size <= n_positions."
+        )
+    if block_size < 2:
+        raise ValueError(f"block_size must be at least 2. Received: block_size={block_size}.")
+    eos = tokenizer.eos_token_id
+    docs = []
+    for f in files:
+        text = read_text(f)
+        if text.strip():
+            docs.append((f, np.asarray(tokenizer.encode(text) + [eos], dtype=np.int32)))
+    if not docs:
+        raise ValueError(f"The training files hold no text. Received: {len(files)} empty file(s).")
+    eval_files: list[str] = []
+    if len(docs) >= 10 and eval_fraction > 0:
+        # hold out whole documents, chosen by a hash of the file name: stable, and unseen text for evaluation
+        ranked = sorted(docs, key=lambda d: hashlib.sha256(d[0].name.encode()).hexdigest())
+        n_eval = max(1, round(len(docs) * eval_fraction))
+        held, kept = ranked[:n_eval], ranked[n_eval:]
+        eval_files = sorted(str(d[0].name) for d in held)
+        train_ids = np.concatenate([d[1] for d in sorted(kept, key=lambda d: str(d[0]))])
+        eval_ids = np.concatenate([d[1] for d in sorted(held, key=lambda d: str(d[0]))])
+    else:
+        all_ids = np.concatenate([d[1] for d in docs])
+        cut = int(len(all_ids) * (1 - eval_fraction))
+        train_ids, eval_ids = all_ids[:cut], all_ids[cut:]
+    train, evals = pack(train_ids, block_size), pack(eval_ids, block_size)
+    if len(train) == 0:
+        raise ValueError(
+            f"Not enough text for one block. Received: {len(train_ids)} training tokens, block_size={block_size}."
+        )
+    return Dataset(train=train, eval=evals, n_tokens=int(sum(len(d[1]) for d in docs)), eval_files=eval_files)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Schedule, model config, bookkeeping
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def learning_rate(step: int, tc: TrainConfig) -> float:
+    """Linear warmup to `learning_rate`, then cosine decay to `min_lr_ratio * learning_rate` at `max_steps`."""
+    if tc.warmup_steps and step < tc.warmup_steps:
+        return tc.learning_rate * (step + 1) / tc.warmup_steps
+    progress = min(1.0, (step - tc.warmup_steps) / max(1, tc.max_steps - tc.warmup_steps))
+    cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
+    return tc.learning_rate * (tc.min_lr_ratio + (1.0 - tc.min_lr_ratio) * cosine)
+
+
+def decays(canonical_name: str) -> bool:
+    """Weight decay applies to matrices (projections and heads), not to biases, LayerNorm or embeddings."""
+    module, leaf = canonical_name.rsplit(".", 1)
+    return leaf == "weight" and "ln_" not in module and module not in ("wte", "wpe")
+
+
+def resolve_model_config(tc: TrainConfig) -> tuple[GPT2Config, str | None]:
+    """(config, pretrained dir or None): a preset or config.json trains from scratch, a model dir fine-tunes."""
+    path = Path(tc.model)
+    pretrained = None
+    if path.is_dir() and (path / "config.json").exists():
+        config = GPT2Config.from_pretrained(path)
+        has_weights = any((path / f).exists() for f in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"))
+        pretrained = str(path) if has_weights else None
+    elif path.is_file():
+        config = GPT2Config.from_json_file(path)
+    else:
+        config = GPT2Config.from_preset(tc.model)
+    for key, value in tc.overrides.items():
+        setattr(config, key, value)
+    if tc.dropout is not None:
+        config.resid_pdrop = config.embd_pdrop = config.attn_pdrop = tc.dropout
+    config.validate()
+    return config, pretrained
+
+
+class MetricsLog:
+    """Append-only JSON-lines log (`metrics.jsonl`) of training and evaluation metrics."""
+
+    def __init__(self, path: Path, enabled: bool = True) -> None:
+        self.path = path
+        self.enabled = enabled
+
+    def write(self, **record) -> None:
+        if not self.enabled:
+            return
+        record.setdefault("time", time.time())
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def last_checkpoint(output_dir: str | os.PathLike) -> Path | None:
+    """The newest `checkpoint-STEP` directory with a complete trainer state, if any."""
+    ckpts = []
+    for d in Path(output_dir).glob("checkpoint-*"):
+        if (d / STATE_NAME).exists():
+            try:
+                ckpts.append((int(d.name.split("-")[1]), d))
+            except ValueError:
+                continue
+    return max(ckpts)[1] if ckpts else None
+
+
+def write_state(directory: Path, step: int, tc: TrainConfig, extra: dict | None = None) -> None:
+    from gpt2_core.hub import atomic_write_text
+
+    state = {"step": step, "train_config": tc.to_json(), **(extra or {})}
+    atomic_write_text(directory / STATE_NAME, json.dumps(state, indent=2) + "\n")
+
+
+def read_state(directory: Path) -> dict:
+    return json.loads((Path(directory) / STATE_NAME).read_text())
+
+
+def unigram_loss(ds: Dataset, vocab_size: int) -> float:
+    """Cross entropy (nats/token) of the held-out split under the training split's unigram distribution (add-one
+    smoothing over the whole vocabulary): the baseline a trained model's held-out loss is compared with."""
+    counts = np.bincount(ds.train.reshape(-1), minlength=vocab_size)
+    probs = (counts + 1) / (counts.sum() + vocab_size)
+    ev = ds.eval.reshape(-1)
+    return float(-np.log(probs[ev]).mean()) if ev.size else float("nan")

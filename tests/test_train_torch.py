@@ -1,0 +1,138 @@
+"""`gpt2 train --backend torch`: loss goes down, resume continues the same curve, two-process DDP equals one
+process with the same global batch, and bad data gives clear errors. Also the `gpt2 generate` command."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO, make_config, shared_dir
+from gpt2_core.training import TrainConfig
+
+TINY = dict(n_layer=1, n_embd=32, n_head=2, n_positions=64)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    d = tmp_path_factory.mktemp("corpus")
+    src = shared_dir() / "corpus" / "shakespeare"
+    for name in ("romeo-and-juliet.txt", "hamlet.txt", "macbeth.txt", "othello.txt"):
+        f = src / name
+        if f.exists():
+            (d / name).write_text(f.read_text(encoding="utf-8")[:30000], encoding="utf-8")
+    assert len(list(d.iterdir())) >= 2
+    return d
+
+
+def tc(corpus, out, **kw):
+    base = dict(data=[str(corpus)], output_dir=str(out), model="gpt2", overrides=dict(TINY), block_size=32, batch_size=4,
+                max_steps=6, warmup_steps=2, learning_rate=3e-3, eval_every=3, eval_batches=2, log_every=1, dropout=0.0)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def losses(out):
+    rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows if "loss" in r and "event" not in r}
+
+
+def test_training_lowers_loss_and_writes_hub_checkpoint(corpus, tmp_path):
+    from gpt2_torch.training import train
+    from gpt2_torch import GPT2LMHeadModel
+
+    result = train(tc(corpus, tmp_path, max_steps=30, eval_every=30), progress=False)
+    curve = losses(tmp_path)
+    assert curve[30] < curve[1] - 1.0, curve
+    assert np.isfinite(result["eval_loss"])
+    model = GPT2LMHeadModel.from_pretrained(tmp_path)  # the final model, Hub layout
+    assert model.config.n_layer == 1 and (tmp_path / "vocab.json").exists()
+    start = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
+    assert start["event"] == "start" and start["unigram_eval_loss"] > 0
+
+
+def test_resume_continues_the_same_curve(corpus, tmp_path, monkeypatch):
+    from gpt2_torch import training
+
+    full = tmp_path / "full"
+    training.train(tc(corpus, full, save_every=3), progress=False)
+    part = tmp_path / "part"
+    real = training.learning_rate
+
+    def interrupt(step, cfg):
+        if step == 4:
+            raise KeyboardInterrupt
+        return real(step, cfg)
+
+    monkeypatch.setattr(training, "learning_rate", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        training.train(tc(corpus, part, save_every=3), progress=False)
+    monkeypatch.setattr(training, "learning_rate", real)
+    training.train(tc(corpus, part, save_every=3, resume=True), progress=False)
+    a, b = losses(full), losses(part)
+    for step in (5, 6):
+        assert abs(a[step] - b[step]) < 1e-5, (step, a[step], b[step])
+
+
+def test_ddp_two_processes_equal_one(corpus, tmp_path):
+    """torchrun --nproc_per_node 2 (gloo, CPU) gives the loss curve of one process with the same global batch."""
+    args = ["--backend", "torch", "--data", str(corpus), "--model", "gpt2", "--block-size", "32", "--batch-size", "4",
+            "--max-steps", "4", "--warmup-steps", "2", "--learning-rate", "3e-3", "--log-every", "1", "--eval-every", "100",
+            "--dropout", "0", "--no-progress"] + [f"--set={k}={v}" for k, v in TINY.items()]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    subprocess.run([sys.executable, "-m", "gpt2_core.train_cli", *args, "-o", str(tmp_path / "one")], check=True, env=env, cwd=REPO)
+    subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+         "-m", "gpt2_core.train_cli", *args, "-o", str(tmp_path / "two")],
+        check=True, env=env, cwd=REPO,
+    )
+    one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert set(one) == set(two) == {1, 2, 3, 4}
+    for step in one:
+        assert abs(one[step] - two[step]) < 1e-4, (step, one[step], two[step])
+    first = json.loads((tmp_path / "two" / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["world_size"] == 2
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "gpt2_core.cli", *args], capture_output=True, text=True, cwd=REPO,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)))
+
+
+def test_train_errors(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = run_cli("train", "--data", str(empty), "-o", str(tmp_path / "o"))
+    assert r.returncode == 2 and "holds no text files" in r.stderr
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"\xff\xfe\x00 not utf-8 \xc3")
+    r = run_cli("train", "--data", str(bad), "-o", str(tmp_path / "o"))
+    assert r.returncode == 2 and "not UTF-8" in r.stderr
+    good = tmp_path / "good.txt"
+    good.write_text("hello world " * 100)
+    r = run_cli("train", "--data", str(good), "--set", "n_positions=64", "--block-size", "128", "-o", str(tmp_path / "o"))
+    assert r.returncode == 2 and "block_size exceeds the model's n_positions" in r.stderr
+    r = run_cli("train", "--data", str(tmp_path / "missing"), "-o", str(tmp_path / "o"))
+    assert r.returncode == 2 and "No such file or directory" in r.stderr
+
+
+def test_generate_command(tmp_path):
+    from gpt2_core import GPT2Tokenizer
+    from gpt2_torch import GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(make_config("default", vocab_size=50257, n_positions=64)).eval()
+    model.save_pretrained(tmp_path)
+    r = run_cli("generate", "--model", str(tmp_path), "--max-new-tokens", "5", "ROMEO:")
+    assert r.returncode == 0, r.stderr
+    tok = GPT2Tokenizer()
+    ids = torch.tensor([tok.encode("ROMEO:")])
+    expected = "ROMEO:" + tok.decode(model.generate(ids, max_new_tokens=5)[0, ids.shape[1]:], skip_special_tokens=True)
+    assert r.stdout.strip() == expected.strip()
+    r = run_cli("generate", "--model", str(tmp_path / "nope"), "x")
+    assert r.returncode == 2 and "error" in r.stderr
