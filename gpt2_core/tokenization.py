@@ -18,15 +18,17 @@ TensorFlow and JAX are imported when a feature that needs them is used.
 from __future__ import annotations
 
 import codecs
+import enum
 import functools
 import heapq
 import json
 import logging
 import os
+import sys
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, TypeVar, Union
 
 import numpy as np
 import regex
@@ -37,6 +39,33 @@ __all__ = ["BatchEncoding", "GPT2Tokenizer", "GPT2TokenizerFast", "bytes_to_unic
 
 # OpenAI's pre-tokenization pattern (gpt-2 src/encoder.py), unchanged.
 GPT2_PRETOKENIZE_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+
+# Letters and numbers that Unicode 17.0 added, as inclusive code point ranges. tiktoken 0.14 (Rust `regex`) and
+# `tokenizers` 0.23 (Oniguruma) classify characters by Unicode 16.0, where these are unassigned and so match
+# `[^\s\p{L}\p{N}]`; `regex` releases with Unicode 17.0 tables (2026) call them letters or numbers, which would give
+# other ids for text containing them. Taking them out of \p{L} and \p{N} pins the pure-Python tokenizer to Unicode
+# 16.0 with any `regex` >= 2024.9.11 (the first release with Unicode 16.0). Found by pre-tokenizing every code point
+# with both libraries; tests/test_tokenization.py checks these ranges and their neighbours against `tokenizers`.
+_UNICODE_17_LETTERS_AND_NUMBERS = (
+    (0x00558, 0x00558), (0x0058B, 0x0058C), (0x0088F, 0x0088F), (0x00C5C, 0x00C5C), (0x00CDC, 0x00CDC),
+    (0x0208F, 0x0208F), (0x0209D, 0x0209F), (0x0A7CE, 0x0A7CF), (0x0A7D2, 0x0A7D2), (0x0A7D4, 0x0A7D4),
+    (0x0A7DD, 0x0A7DD), (0x0A7E2, 0x0A7E2), (0x0A7F1, 0x0A7F1), (0x0AB6C, 0x0AB6D), (0x107BB, 0x107BF),
+    (0x10940, 0x10959), (0x10EC5, 0x10EC7), (0x10ED9, 0x10EEE), (0x11B0A, 0x11B0A), (0x11DB0, 0x11DDB),
+    (0x11DE0, 0x11DE9), (0x11DF1, 0x11DF1), (0x1246F, 0x1246F), (0x12475, 0x1247F), (0x12550, 0x12686),
+    (0x16EA0, 0x16EB8), (0x16EBB, 0x16ED3), (0x16FF2, 0x16FF6), (0x187F8, 0x187FF), (0x18CD6, 0x18CDA),
+    (0x18D09, 0x18D20), (0x18D80, 0x18DF2), (0x18E00, 0x19191), (0x191A0, 0x191D2), (0x1B123, 0x1B128),
+    (0x1B168, 0x1B168), (0x1D6A6, 0x1D6A6), (0x1DF1F, 0x1DF24), (0x1DF2B, 0x1DF81), (0x1DF90, 0x1DF96),
+    (0x1DFCD, 0x1DFFF), (0x1E6C0, 0x1E6DE), (0x1E6E0, 0x1E6E2), (0x1E6E4, 0x1E6E5), (0x1E6E7, 0x1E6ED),
+    (0x1E6F0, 0x1E6F4), (0x1E6FE, 0x1E6FF), (0x2B73A, 0x2B73F), (0x2B81E, 0x2B81E), (0x2CEA2, 0x2CEAD),
+    (0x323B0, 0x33479), (0x3D000, 0x3FC3F),
+)  # fmt: skip
+_NEW_IN_UNICODE_17 = "".join(rf"\U{a:08X}-\U{b:08X}" for a, b in _UNICODE_17_LETTERS_AND_NUMBERS)
+_LETTER = rf"[\p{{L}}--[{_NEW_IN_UNICODE_17}]]"
+_NUMBER = rf"[\p{{N}}--[{_NEW_IN_UNICODE_17}]]"
+# GPT2_PRETOKENIZE_PATTERN with those classes; (?V1) turns on `regex`'s set subtraction `--`.
+_PRETOKENIZE_PATTERN_UNICODE_16 = (
+    rf"(?V1)'s|'t|'re|'ve|'m|'ll|'d| ?{_LETTER}+| ?{_NUMBER}+| ?[^\s{_LETTER}{_NUMBER}]+|\s+(?!\S)|\s+"
+)
 
 ENDOFTEXT = "<|endoftext|>"
 VOCAB_FILES_NAMES = {"vocab_file": "vocab.json", "merges_file": "merges.txt"}
@@ -87,7 +116,7 @@ _TRUNCATION_STRATEGIES = {
     "only_first": "longest_first",  # with one sequence per example the two strategies agree
 }
 _TENSOR_TYPES = ("np", "pt", "tf", "jax")
-_HUB_KWARGS = ("cache_dir", "revision", "token", "local_files_only", "force_download", "subfolder", "proxies")
+_HUB_KWARGS = ("cache_dir", "revision", "token", "local_files_only", "force_download", "subfolder")
 
 TokenIds = Union[Sequence[int], np.ndarray, Any]
 
@@ -102,7 +131,7 @@ def bytes_to_unicode() -> dict[int, str]:
     Returns:
         A dict from byte value (0-255) to a one-character string. Do not mutate it; it is cached.
     """
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    bs = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     cs = bs[:]
     n = 0
     for b in range(256):
@@ -222,14 +251,24 @@ class BatchEncoding(dict):
         Returns:
             This BatchEncoding, updated in place.
         """
-        import sys
-
         torch = sys.modules.get("torch")  # a torch tensor can only exist if torch is already imported
         if torch is not None:
             for key, value in self.items():
                 if isinstance(value, torch.Tensor):
                     self[key] = value.to(device)
         return self
+
+
+def _special_token_property(name: str, doc: str) -> property:
+    return property(lambda self: self._special.get(name), lambda self, value: self._set_special(name, value), doc=doc)
+
+
+def _special_id_property(name: str) -> property:
+    doc = f"The id of `{name}` (None when it is unset or not in the vocabulary); setting it sets `{name}`."
+    return property(lambda self: self._special_id(name), lambda self, value: self._set_special_id(name, value), doc=doc)
+
+
+_Tokenizer = TypeVar("_Tokenizer", bound="_GPT2TokenizerBase")
 
 
 class _GPT2TokenizerBase:
@@ -267,12 +306,15 @@ class _GPT2TokenizerBase:
         if vocab is not None:
             encoder, merge_list = dict(vocab), tuple((str(a), str(b)) for a, b in merges)  # type: ignore[union-attr]
         elif vocab_file is not None:
-            encoder, merge_list = _read_vocab(Path(vocab_file)), _read_merges(Path(merges_file))  # type: ignore[arg-type]
+            encoder = _read_vocab(Path(vocab_file))
+            merge_list = _read_merges(Path(merges_file))  # type: ignore[arg-type]
         else:
             shipped_encoder, merge_list = _shipped_files()
             encoder = dict(shipped_encoder)
         if not isinstance(model_max_length, int) or isinstance(model_max_length, bool) or model_max_length < 1:
-            raise ValueError(f"model_max_length must be a positive int. Received: model_max_length={model_max_length!r}.")
+            raise ValueError(
+                f"model_max_length must be a positive int. Received: model_max_length={model_max_length!r}."
+            )
         try:
             codecs.lookup_error(errors)
         except (LookupError, TypeError):
@@ -298,8 +340,8 @@ class _GPT2TokenizerBase:
         self._token_bytes: dict[int, bytes] = {}
         self._build_backend()
         self._register_text_special_token(ENDOFTEXT)
-        for name, value in (("unk_token", unk_token), ("bos_token", bos_token), ("eos_token", eos_token), ("pad_token", pad_token)):
-            setattr(self, name, value)
+        self._warned_implicit_truncation = False
+        self.unk_token, self.bos_token, self.eos_token, self.pad_token = unk_token, bos_token, eos_token, pad_token
         self._token_bytes = {i: self._bytes_of_token(t) for i, t in self.decoder.items()}
 
     # ------------------------------------------------------------------ construction helpers
@@ -341,7 +383,7 @@ class _GPT2TokenizerBase:
     # ------------------------------------------------------------------ loading and saving
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike, **kwargs: Any):
+    def from_pretrained(cls: type[_Tokenizer], name_or_path: str | os.PathLike, **kwargs: Any) -> _Tokenizer:
         """Load a tokenizer from a local directory, a known GPT-2 checkpoint name, or a Hub repo id.
 
         A directory needs `vocab.json` and `merges.txt` (or a BPE `tokenizer.json`); its optional
@@ -354,7 +396,7 @@ class _GPT2TokenizerBase:
         Args:
             name_or_path: A directory or a Hub repo id.
             **kwargs: Constructor arguments, which override the saved configuration, and the Hub options
-                `cache_dir`, `revision`, `token`, `local_files_only`, `force_download`, `subfolder`, `proxies`.
+                `cache_dir`, `revision`, `token`, `local_files_only`, `force_download`, `subfolder`.
 
         Returns:
             The tokenizer.
@@ -375,7 +417,9 @@ class _GPT2TokenizerBase:
         init_kwargs.update(kwargs)
         return cls(**init_kwargs)
 
-    def save_vocabulary(self, save_directory: str | os.PathLike, filename_prefix: str | None = None) -> tuple[str, str]:
+    def save_vocabulary(
+        self, save_directory: str | os.PathLike, filename_prefix: str | None = None
+    ) -> tuple[str, str]:
         """Write `vocab.json` and `merges.txt` in OpenAI's format (byte-identical to the originals for GPT-2).
 
         Args:
@@ -394,7 +438,9 @@ class _GPT2TokenizerBase:
         _atomic_write_text(merges_path, _MERGES_HEADER + "\n" + "".join(f"{a} {b}\n" for a, b in self.merges))
         return str(vocab_path), str(merges_path)
 
-    def save_pretrained(self, save_directory: str | os.PathLike, filename_prefix: str | None = None) -> tuple[str, ...]:
+    def save_pretrained(
+        self, save_directory: str | os.PathLike, filename_prefix: str | None = None
+    ) -> tuple[str, ...]:
         """Write the vocabulary and a transformers-compatible configuration to `save_directory`.
 
         Writes `vocab.json`, `merges.txt`, `tokenizer_config.json` and `special_tokens_map.json`; transformers'
@@ -473,18 +519,15 @@ class _GPT2TokenizerBase:
     def truncation_side(self, value: str) -> None:
         self._truncation_side = _check_side(value, "truncation_side")
 
-    def _get_special(self, name: str) -> str | None:
-        return self._special.get(name)
-
     def _set_special(self, name: str, value: Any) -> None:
         token = _token_content(value, name)
         self._special[name] = token
         self._register_text_special_token(token)
 
-    bos_token = property(lambda self: self._get_special("bos_token"), lambda self, v: self._set_special("bos_token", v))
-    eos_token = property(lambda self: self._get_special("eos_token"), lambda self, v: self._set_special("eos_token", v))
-    unk_token = property(lambda self: self._get_special("unk_token"), lambda self, v: self._set_special("unk_token", v))
-    pad_token = property(lambda self: self._get_special("pad_token"), lambda self, v: self._set_special("pad_token", v))
+    bos_token = _special_token_property("bos_token", "The beginning-of-sequence token (`<|endoftext|>`).")
+    eos_token = _special_token_property("eos_token", "The end-of-sequence token (`<|endoftext|>`).")
+    unk_token = _special_token_property("unk_token", "The unknown token (`<|endoftext|>`).")
+    pad_token = _special_token_property("pad_token", "The padding token; None by default, as GPT-2 has none.")
 
     def _special_id(self, name: str) -> int | None:
         token = self._special.get(name)
@@ -497,10 +540,10 @@ class _GPT2TokenizerBase:
         (token,) = self.convert_ids_to_tokens([value])
         self._set_special(name, token)
 
-    bos_token_id = property(lambda self: self._special_id("bos_token"), lambda self, v: self._set_special_id("bos_token", v))
-    eos_token_id = property(lambda self: self._special_id("eos_token"), lambda self, v: self._set_special_id("eos_token", v))
-    unk_token_id = property(lambda self: self._special_id("unk_token"), lambda self, v: self._set_special_id("unk_token", v))
-    pad_token_id = property(lambda self: self._special_id("pad_token"), lambda self, v: self._set_special_id("pad_token", v))
+    bos_token_id = _special_id_property("bos_token")
+    eos_token_id = _special_id_property("eos_token")
+    unk_token_id = _special_id_property("unk_token")
+    pad_token_id = _special_id_property("pad_token")
 
     @property
     def special_tokens_map(self) -> dict[str, str]:
@@ -638,27 +681,25 @@ class _GPT2TokenizerBase:
             A BatchEncoding with `input_ids` and, unless disabled, `attention_mask`.
         """
         is_batch, texts = _check_text_or_batch(text)
-        pad_strategy = _lookup(_PADDING_STRATEGIES, padding, "padding", "False, True, 'longest', 'max_length' or 'do_not_pad'")
+        _check_optional_int(max_length, "max_length", minimum=0)
+        _check_optional_int(pad_to_multiple_of, "pad_to_multiple_of", minimum=1)
+        pad_strategy = _lookup(_PADDING_STRATEGIES, padding, "padding")
         if truncation is None:
-            if max_length is not None and pad_strategy == "do_not_pad":
+            # transformers' rule: a max_length without padding means "truncate to it".
+            truncation = max_length is not None and pad_strategy == "do_not_pad"
+            if truncation and not self._warned_implicit_truncation:
+                self._warned_implicit_truncation = True
                 logger.warning(
                     "Truncating to max_length=%d because max_length was given without truncation; pass "
                     "truncation=True to do this without the warning, or truncation=False to keep full sequences.",
                     max_length,
                 )
-                truncation = True
-            else:
-                truncation = False
-        trunc_strategy = _lookup(
-            _TRUNCATION_STRATEGIES, truncation, "truncation", "False, True, 'longest_first', 'only_first' or 'do_not_truncate'"
-        )
-        if max_length is not None and (not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 0):
-            raise ValueError(f"max_length must be a non-negative int or None. Received: max_length={max_length!r}.")
-        if pad_to_multiple_of is not None and (not isinstance(pad_to_multiple_of, int) or pad_to_multiple_of < 1):
-            raise ValueError(f"pad_to_multiple_of must be a positive int or None. Received: pad_to_multiple_of={pad_to_multiple_of!r}.")
+        trunc_strategy = _lookup(_TRUNCATION_STRATEGIES, truncation, "truncation")
         side = self.padding_side if padding_side is None else _check_side(padding_side, "padding_side")
         if return_tensors is not None and return_tensors not in _TENSOR_TYPES:
-            raise ValueError(f"return_tensors must be None, 'np', 'pt', 'tf' or 'jax'. Received: return_tensors={return_tensors!r}.")
+            raise ValueError(
+                f"return_tensors must be None, 'np', 'pt', 'tf' or 'jax'. Received: return_tensors={return_tensors!r}."
+            )
         if pad_strategy != "do_not_pad" and self.pad_token_id is None:
             raise ValueError(
                 "Asking to pad but the tokenizer does not have a padding token. "
@@ -670,7 +711,9 @@ class _GPT2TokenizerBase:
         input_ids = self._encode_texts(texts)
         if add_special_tokens and self.add_bos_token:
             if self.bos_token_id is None:
-                raise ValueError(f"add_bos_token=True needs a bos_token in the vocabulary. Received: bos_token={self.bos_token!r}.")
+                raise ValueError(
+                    f"add_bos_token=True needs a bos_token in the vocabulary. Received: bos_token={self.bos_token!r}."
+                )
             input_ids = [[self.bos_token_id, *ids] for ids in input_ids]
 
         if trunc_strategy != "do_not_truncate":
@@ -809,8 +852,9 @@ class _GPT2TokenizerBase:
 class GPT2Tokenizer(_GPT2TokenizerBase):
     """GPT-2's byte-level BPE tokenizer in pure Python (stdlib + `regex`), a drop-in for transformers' GPT2Tokenizer.
 
-    Text is split with OpenAI's pattern, each piece's UTF-8 bytes are mapped to base tokens and merged by BPE
-    rank; results are cached per piece, so repeated words cost one dict lookup. `<|endoftext|>` in text becomes
+    Text is split with OpenAI's pattern (its character classes pinned to Unicode 16.0, as in tiktoken and
+    `tokenizers`), each piece's UTF-8 bytes are mapped to base tokens and merged by BPE rank; results are cached per
+    piece, so repeated words cost one dict lookup. `<|endoftext|>` in text becomes
     the special token 50256.
 
     Args:
@@ -834,11 +878,11 @@ class GPT2Tokenizer(_GPT2TokenizerBase):
     """
 
     def _build_backend(self) -> None:
-        self._pattern = regex.compile(GPT2_PRETOKENIZE_PATTERN)
+        self._pattern = regex.compile(_PRETOKENIZE_PATTERN_UNICODE_16)
         self._special_pattern: regex.Pattern | None = None
         encoder = self.encoder
         self._byte_ids = [encoder[self.byte_encoder[b]] for b in range(256)]
-        # (left id, right id) -> (rank, merged id); the first occurrence of a pair wins, as in OpenAI's encoder.
+        # (left id, right id) -> (rank, merged id); a pair listed twice keeps its lower rank.
         self._merge_table: dict[tuple[int, int], tuple[int, int]] = {}
         for rank, (a, b) in enumerate(self.merges):
             self._merge_table.setdefault((encoder[a], encoder[b]), (rank, encoder[a + b]))
@@ -999,11 +1043,23 @@ def _check_side(value: Any, name: str) -> str:
     return value
 
 
-def _lookup(table: dict, value: Any, name: str, allowed: str) -> str:
-    try:
-        return table[value]
-    except (KeyError, TypeError):
-        raise ValueError(f"Unknown {name} strategy. Received: {name}={value!r}. Use {allowed}.") from None
+def _check_optional_int(value: Any, name: str, minimum: int) -> None:
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < minimum):
+        raise ValueError(f"{name} must be an int >= {minimum} or None. Received: {name}={value!r}.")
+
+
+def _lookup(table: dict, value: Any, name: str) -> str:
+    if isinstance(value, enum.Enum):
+        value = value.value  # transformers' PaddingStrategy / TruncationStrategy
+    # A plain `table[value]` would accept 1 and 0 as True and False, so the types must match too.
+    for key, strategy in table.items():
+        if type(key) is type(value) and key == value:
+            return strategy
+    allowed = ", ".join(repr(k) for k in table if k is not None)
+    raise ValueError(f"Unknown {name} strategy. Received: {name}={value!r}. Use one of {allowed}.")
+
+
+_SURROGATE = regex.compile(r"[\ud800-\udfff]")
 
 
 def _check_text(text: Any, name: str) -> str:
@@ -1012,12 +1068,21 @@ def _check_text(text: Any, name: str) -> str:
             f"{name} must be a string. Received: {name}={_short_repr(text)} of type {type(text).__name__}. "
             "To decode ids use decode(); pass a list of strings to __call__ for a batch."
         )
+    if not text.isascii():
+        surrogate = _SURROGATE.search(text)
+        if surrogate is not None:
+            # UTF-8 cannot encode a lone surrogate (left over from broken UTF-16), so it has no byte-level tokens.
+            raise ValueError(
+                f"{name} contains a lone surrogate, which UTF-8 cannot encode. Received: "
+                f"{name}[{surrogate.start()}]={surrogate.group()!r}. Repair the text first, e.g. "
+                "text.encode('utf-16', 'surrogatepass').decode('utf-16', 'replace')."
+            )
     return text
 
 
 def _check_text_or_batch(text: Any) -> tuple[bool, list[str]]:
     if isinstance(text, str):
-        return False, [text]
+        return False, [_check_text(text, "text")]
     if isinstance(text, (list, tuple)):
         for i, t in enumerate(text):
             _check_text(t, f"text[{i}]")
@@ -1077,7 +1142,9 @@ def _clean_up_tokenization(text: str) -> str:
 def _prepare_directory(save_directory: str | os.PathLike) -> Path:
     directory = Path(save_directory)
     if directory.exists() and not directory.is_dir():
-        raise ValueError(f"save_directory must be a directory. Received: save_directory={os.fspath(save_directory)!r}, a file.")
+        raise ValueError(
+            f"save_directory must be a directory. Received: save_directory={os.fspath(save_directory)!r}, a file."
+        )
     directory.mkdir(parents=True, exist_ok=True)
     return directory
 
@@ -1167,7 +1234,9 @@ def _download_tokenizer_files(repo_id: str, hub_kwargs: dict[str, Any]) -> dict[
         try:
             files[TOKENIZER_FILE] = fetch(TOKENIZER_FILE)
         except Exception:  # noqa: BLE001
-            offline = " (offline: HF_HUB_OFFLINE or local_files_only is set, and it is not cached)" if kwargs["local_files_only"] else ""
+            offline = ""
+            if kwargs["local_files_only"]:
+                offline = " (offline: HF_HUB_OFFLINE or local_files_only is set, and it is not cached)"
             raise OSError(
                 f"Could not load a GPT-2 tokenizer for {repo_id!r}{offline}: {type(first_error).__name__}: "
                 f"{first_error}. Received: name_or_path={repo_id!r}. Pass a local directory with vocab.json and "
