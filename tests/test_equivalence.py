@@ -300,3 +300,44 @@ def test_error_truncated_safetensors(backend, tmp_path):
     f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
     with pytest.raises(ValueError, match=r"truncated or corrupt"):
         backend.load("lm", tmp_path)
+
+
+# -- cross-attention (add_cross_attention=True, encoder_hidden_states) ---------------------------------------------
+
+
+@pytest.mark.parametrize("head", ["base", "lm"])
+def test_cross_attention_matches_reference(backend, head):
+    config = make_config("mistral", add_cross_attention=True)
+    params = reference.random_params(config, head, seed=16)
+    model = backend.build(head, config, params)
+    ids, mask = padded_batch(config, "right")
+    r = np.random.default_rng(17)
+    enc = r.standard_normal((ids.shape[0], 5, config.n_embd)).astype(np.float32)
+    enc_mask = np.ones((ids.shape[0], 5), np.int64)
+    enc_mask[1, 3:] = 0
+    got = backend.forward(model, head, input_ids=ids, attention_mask=mask, encoder_hidden_states=enc,
+                          encoder_attention_mask=enc_mask, output_attentions=True)
+    ref = reference.forward(params, config, ids, attention_mask=mask, encoder_hidden_states=enc, encoder_attention_mask=enc_mask)
+    h = ref["last_hidden_state"]
+    expected = h if head == "base" else reference.lm_logits(params, config, h)
+    assert maxdiff(got["last_hidden_state" if head == "base" else "logits"], expected) <= TOL
+    for g, e in zip(got["cross_attentions"], ref["cross_attentions"]):
+        assert maxdiff(g, e) <= TOL
+
+
+# -- sampling ------------------------------------------------------------------------------------------------------
+
+
+def test_sampling_is_seeded_and_top_k_1_is_greedy(backend):
+    config = make_config("default", eos_token_id=[])
+    params = reference.random_params(config, "lm", seed=18)
+    model = backend.build("lm", config, params)
+    ids, mask = padded_batch(config, "left")
+    a = backend.generate(model, ids, attention_mask=mask, max_new_tokens=6, do_sample=True, temperature=1.5, top_p=0.9, seed=3)
+    b = backend.generate(model, ids, attention_mask=mask, max_new_tokens=6, do_sample=True, temperature=1.5, top_p=0.9, seed=3)
+    np.testing.assert_array_equal(a, b)
+    assert a.shape == (ids.shape[0], ids.shape[1] + 6)
+    np.testing.assert_array_equal(a[:, : ids.shape[1]], ids)
+    greedy = backend.generate(model, ids, attention_mask=mask, max_new_tokens=6)
+    top1 = backend.generate(model, ids, attention_mask=mask, max_new_tokens=6, do_sample=True, top_k=1, seed=4)
+    np.testing.assert_array_equal(top1, greedy)

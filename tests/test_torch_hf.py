@@ -221,3 +221,23 @@ def test_fp16_and_bf16_load(tmp_path):
         assert model.dtype == dtype
         out = model(torch.randint(1, 90, (1, 5)))
         assert torch.isfinite(out.logits.float()).all()
+
+
+def test_cross_attention_matches_transformers(tmp_path):
+    kw = dict(CONFIGS["default"], add_cross_attention=True)
+    torch.manual_seed(3)
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(**kw, attn_implementation="eager")).eval()
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    hf.save_pretrained(tmp_path)
+    ours = gpt2_torch.GPT2LMHeadModel.from_pretrained(tmp_path)
+    ids = torch.randint(1, 90, (2, 6))
+    enc = torch.randn(2, 4, kw["n_embd"])
+    enc_mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
+    with torch.no_grad():
+        a = ours(ids, encoder_hidden_states=enc, encoder_attention_mask=enc_mask, output_attentions=True)
+        b = hf(ids, encoder_hidden_states=enc, encoder_attention_mask=enc_mask, output_attentions=True)
+    assert max_diff(a.logits, b.logits) <= TOL_TORCH_HF
+    for x, y in zip(a.cross_attentions, b.cross_attentions):
+        assert max_diff(x, y) <= TOL_TORCH_HF
