@@ -1,0 +1,1036 @@
+"""GPT-2 in JAX/Flax (`flax.nnx`): the six transformers classes, argument for argument and output field for output field.
+
+Mirrors `gpt2_torch/model.py` class for class and name for name; every decision (activation formulas, attention scale,
+mask fill, position ids of padded batches, losses) follows `gpt2_core.reference`. What differs is only what JAX
+needs: parameters cannot alias (the tied LM head multiplies by `wte.embedding` instead of sharing a second
+parameter), dropout draws from `nnx.Rngs` and is switched by `model.train()` / `model.eval()` or `deterministic`, and
+a preallocated `KVCache` (updated with `dynamic_update_slice`, returned rather than mutated) lets decoding compile to
+a fixed shape. The public `past_key_values` stays transformers' tuple of per-layer `(k, v)` that grows by
+concatenation.
+
+Shapes: B batch, T query length, S key length (past + new, or the cache buffer), N heads, H head dim, C n_embd,
+V vocab.
+
+References: OpenAI gpt-2 `src/model.py`; transformers `models/gpt2/modeling_gpt2.py` (v5) and
+`modeling_flax_gpt2.py` (v4); flax `examples/gemma` (cache layout); nanoGPT `model.py`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import os
+import threading
+from pathlib import Path
+from typing import Any, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from gpt2_core import checks, naming, reference
+from gpt2_core.config import GPT2Config
+from gpt2_core.outputs import (
+    OUTPUT_CLASSES,
+    BaseModelOutputWithPastAndCrossAttentions,
+    CausalLMOutputWithCrossAttentions,
+    GPT2DoubleHeadsModelOutput,
+    QuestionAnsweringModelOutput,
+    SequenceClassifierOutputWithPast,
+    TokenClassifierOutput,
+)
+
+logger = logging.getLogger(__name__)
+
+
+# The output dataclasses are JAX pytrees here, so they cross `jax.jit`, `nnx.jit` and `lax` control flow.
+for _cls in OUTPUT_CLASSES:
+    with contextlib.suppress(ValueError):  # already registered (module reloaded)
+        jax.tree_util.register_dataclass(
+            _cls, data_fields=[f.name for f in dataclasses.fields(_cls)], meta_fields=[]
+        )
+
+
+def _gelu_tanh(x: jax.Array) -> jax.Array:
+    return 0.5 * x * (1.0 + jnp.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * jnp.power(x, 3))))
+
+
+# The formulas of gpt2_core.reference.ACTIVATIONS.
+ACT2FN = {
+    "gelu_new": _gelu_tanh,
+    "gelu_pytorch_tanh": _gelu_tanh,
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_fast": lambda x: 0.5 * x * (1.0 + jnp.tanh(x * 0.7978845608 * (1.0 + 0.044715 * x * x))),
+    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+    "tanh": jnp.tanh,
+    "sigmoid": jax.nn.sigmoid,
+    "linear": lambda x: x,
+}
+
+
+def position_ids_from_attention_mask(
+    attention_mask: jax.Array, query_length: int, past_length: jax.Array | int | None = None
+) -> jax.Array:
+    """gpt2_core.reference.position_ids_from_attention_mask: `max(0, index - leading_pads)`.
+
+    The queries are the last `query_length` columns of the mask, or, with a preallocated `KVCache` (whose mask
+    covers the whole buffer), the `query_length` columns from `past_length` on.
+    """
+    S = attention_mask.shape[-1]
+    present = attention_mask != 0
+    leading = jnp.where(present.any(-1), jnp.argmax(present, axis=-1), S)  # (B,)
+    start = S - query_length if past_length is None else past_length
+    index = start + jnp.arange(query_length)  # (T,)
+    return jnp.maximum(index[None, :] - leading[:, None], 0)  # (B, T)
+
+
+@dataclasses.dataclass
+class KVCache:
+    """A preallocated key/value cache: per layer k and v of shape (B, N, S_max, H), and the filled length.
+
+    Passed as `past_key_values`, the model writes the new keys and values at `length` (`dynamic_update_slice`),
+    attends over the whole buffer masked by position, and returns the updated cache with `length + T`. The
+    attention mask then covers the whole buffer, (B, S_max). Shapes never change, so a decode loop compiles once.
+
+    Args:
+        key: Per layer keys, (B, N, S_max, H).
+        value: Per layer values, (B, N, S_max, H).
+        length: Number of filled positions (int32 scalar).
+    """
+
+    key: tuple[jax.Array, ...]
+    value: tuple[jax.Array, ...]
+    length: jax.Array
+
+    @classmethod
+    def init(cls, config: GPT2Config, batch_size: int, max_length: int, dtype: Any = jnp.float32) -> "KVCache":
+        shape = (batch_size, config.n_head, max_length, config.head_dim)  # (B, N, S_max, H)
+        zeros = tuple(jnp.zeros(shape, dtype) for _ in range(config.n_layer))
+        return cls(key=zeros, value=zeros, length=jnp.zeros((), jnp.int32))
+
+    @property
+    def max_length(self) -> int:
+        return self.key[0].shape[2]
+
+    def __len__(self) -> int:
+        return len(self.key)
+
+    def __getitem__(self, i: int) -> tuple[jax.Array, jax.Array]:
+        return self.key[i], self.value[i]
+
+
+jax.tree_util.register_dataclass(KVCache, data_fields=["key", "value", "length"], meta_fields=[])
+
+
+# -- construction helpers ---------------------------------------------------------------------------------------
+# Layers are created with zero placeholders: the real values come right after from gpt2_core.reference.init_params
+# (the same init in every framework) or from a checkpoint, so drawing nnx's own random init would be wasted work.
+_ZEROS = nnx.initializers.zeros_init()
+
+
+def _linear(n_in: int, n_out: int, rngs: nnx.Rngs, use_bias: bool = True) -> nnx.Linear:
+    return nnx.Linear(n_in, n_out, use_bias=use_bias, kernel_init=_ZEROS, rngs=rngs)
+
+
+def _layer_norm(config: GPT2Config, rngs: nnx.Rngs) -> nnx.LayerNorm:
+    # use_fast_variance=False: E[(x - mean)^2] as the reference, not E[x^2] - mean^2 (cancels in float32).
+    return nnx.LayerNorm(config.n_embd, epsilon=config.layer_norm_epsilon, use_fast_variance=False, rngs=rngs)
+
+
+def _dropout(rate: float | None, rngs: nnx.Rngs) -> nnx.Dropout:
+    # Built in eval mode (deterministic), as transformers' Flax models ran by default; `model.train()` enables it.
+    return nnx.Dropout(rate or 0.0, deterministic=True, rngs=rngs)
+
+
+_init_state = threading.local()
+
+
+@contextlib.contextmanager
+def _no_init() -> Iterator[None]:
+    """Build models without the reference init (their parameters are about to be loaded): torch's meta device."""
+    previous = getattr(_init_state, "skip", False)
+    _init_state.skip = True
+    try:
+        yield
+    finally:
+        _init_state.skip = previous
+
+
+def _skip_init() -> bool:
+    return getattr(_init_state, "skip", False)
+
+
+def default_rngs(seed: int = 0) -> nnx.Rngs:
+    """The models' default randomness: `params` (the seed of the reference init) and a `dropout` stream.
+
+    Dropout draws from an `rbg` key (XLA's RngBitGenerator): with the default threefry keys, every dropout mask
+    is a threefry computation that XLA compiles slowly (seconds per train step on CPU) and runs slowly.
+    """
+    return nnx.Rngs(params=seed, dropout=jax.random.key(seed, impl="rbg"))
+
+
+def _seed_from(rngs: nnx.Rngs) -> int:
+    """A NumPy seed for gpt2_core.reference.init_params, drawn from the `params` stream of `rngs`."""
+    return int(jax.random.randint(rngs.params(), (), 0, 2**31 - 1))
+
+
+def _is_traced(x: Any) -> bool:
+    return isinstance(x, jax.core.Tracer)
+
+
+def _min_max(x: Any) -> np.ndarray | None:
+    # The range checks need the values: known when eager, not under jit/grad tracing (then they are skipped).
+    if x is None or _is_traced(x):
+        return None
+    if x.size == 0:
+        return np.zeros((0,), dtype=np.int64)
+    return np.array([int(x.min()), int(x.max())])
+
+
+def _as_array(x: Any) -> jax.Array | None:
+    # NumPy (or nested lists) in, JAX out; None stays None.
+    return None if x is None else jnp.asarray(x)
+
+
+class FlaxGPT2Attention(nnx.Module):
+    """Multi-head (self or cross) attention.
+
+    Args:
+        config: The model config.
+        layer_idx: Index of the block (for `scale_attn_by_inverse_layer_idx`).
+        is_cross_attention: Queries from the decoder, keys and values from `encoder_hidden_states`.
+        rngs: Dropout randomness.
+    """
+
+    def __init__(self, config: GPT2Config, layer_idx: int, is_cross_attention: bool = False, *, rngs: nnx.Rngs) -> None:
+        C = config.n_embd
+        self.n_head = config.n_head
+        self.head_dim = config.head_dim
+        self.is_cross_attention = is_cross_attention
+        self.scale = reference.attention_scale(config, layer_idx)
+        self.reorder_and_upcast_attn = config.reorder_and_upcast_attn
+        if is_cross_attention:
+            self.c_attn = _linear(C, 2 * C, rngs)
+            self.q_attn = _linear(C, C, rngs)
+        else:
+            self.c_attn = _linear(C, 3 * C, rngs)
+        self.c_proj = _linear(C, C, rngs)
+        self.attn_dropout = _dropout(config.attn_pdrop, rngs)
+        self.resid_dropout = _dropout(config.resid_pdrop, rngs)
+
+    def _split_heads(self, x: jax.Array) -> jax.Array:
+        B, T, C = x.shape
+        return x.reshape(B, T, self.n_head, self.head_dim).transpose(0, 2, 1, 3)  # (B, N, T, H)
+
+    def __call__(
+        self,
+        x: jax.Array,
+        layer_past: tuple[jax.Array, jax.Array] | None = None,
+        causal: jax.Array | None = None,
+        key_ok: jax.Array | None = None,
+        encoder_hidden_states: jax.Array | None = None,
+        cache_index: jax.Array | None = None,
+        deterministic: bool | None = None,
+    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None, jax.Array]:
+        B, T, C = x.shape
+        if self.is_cross_attention:
+            q = self.q_attn(x)
+            k, v = jnp.split(self.c_attn(encoder_hidden_states), 2, axis=2)
+        else:
+            q, k, v = jnp.split(self.c_attn(x), 3, axis=2)
+        q, k, v = self._split_heads(q), self._split_heads(k), self._split_heads(v)  # (B, N, T, H)
+        if layer_past is not None and cache_index is None:
+            k = jnp.concatenate([layer_past[0], k], axis=2)  # (B, N, S, H)
+            v = jnp.concatenate([layer_past[1], v], axis=2)
+        elif layer_past is not None:
+            # Preallocated cache: write at the filled length; the buffer keeps its shape (B, N, S_max, H).
+            k = jax.lax.dynamic_update_slice(layer_past[0], k.astype(layer_past[0].dtype), (0, 0, cache_index, 0))
+            v = jax.lax.dynamic_update_slice(layer_past[1], v.astype(layer_past[1].dtype), (0, 0, cache_index, 0))
+        present = None if self.is_cross_attention else (k, v)
+        if self.reorder_and_upcast_attn:
+            # Mistral: scale q before the product and keep scores and softmax in float32 (fp16/bf16 stability).
+            att = jnp.matmul(q.astype(jnp.float32) * self.scale, k.astype(jnp.float32).swapaxes(-1, -2))  # (B, N, T, S)
+        else:
+            att = jnp.matmul(q, k.swapaxes(-1, -2)) * self.scale  # (B, N, T, S)
+        # gpt2_core.reference: padding keys -> finfo.min / 2, future keys -> finfo.min (replace, not add)
+        if key_ok is not None:
+            att = jnp.where(key_ok, att, jnp.finfo(att.dtype).min / 2)
+        if causal is not None:
+            att = jnp.where(causal, att, jnp.finfo(att.dtype).min)
+        att = jax.nn.softmax(att, axis=-1).astype(v.dtype)
+        att = self.attn_dropout(att, deterministic=deterministic)
+        y = jnp.matmul(att, v)  # (B, N, T, H)
+        y = y.transpose(0, 2, 1, 3).reshape(B, T, C)
+        y = self.resid_dropout(self.c_proj(y), deterministic=deterministic)
+        return y, present, att
+
+
+class FlaxGPT2MLP(nnx.Module):
+    """The feed-forward block: c_fc, activation, c_proj.
+
+    Args:
+        config: The model config (`n_inner`, `activation_function`, `resid_pdrop`).
+        rngs: Dropout randomness.
+    """
+
+    def __init__(self, config: GPT2Config, *, rngs: nnx.Rngs) -> None:
+        self.c_fc = _linear(config.n_embd, config.inner_dim, rngs)
+        self.c_proj = _linear(config.inner_dim, config.n_embd, rngs)
+        self.act = ACT2FN[config.activation_function]
+        self.dropout = _dropout(config.resid_pdrop, rngs)
+
+    def __call__(self, x: jax.Array, deterministic: bool | None = None) -> jax.Array:
+        return self.dropout(self.c_proj(self.act(self.c_fc(x))), deterministic=deterministic)
+
+
+class FlaxGPT2Block(nnx.Module):
+    """Pre-LayerNorm transformer block: attention (+ cross-attention) and MLP, each on a residual.
+
+    Args:
+        config: The model config.
+        layer_idx: Index of the block.
+        rngs: Dropout randomness.
+    """
+
+    def __init__(self, config: GPT2Config, layer_idx: int, *, rngs: nnx.Rngs) -> None:
+        self.ln_1 = _layer_norm(config, rngs)
+        self.attn = FlaxGPT2Attention(config, layer_idx, rngs=rngs)
+        if config.add_cross_attention:
+            self.crossattention = FlaxGPT2Attention(config, layer_idx, is_cross_attention=True, rngs=rngs)
+            self.ln_cross_attn = _layer_norm(config, rngs)
+        self.ln_2 = _layer_norm(config, rngs)
+        self.mlp = FlaxGPT2MLP(config, rngs=rngs)
+
+    def __call__(
+        self,
+        x: jax.Array,
+        layer_past: tuple[jax.Array, jax.Array] | None = None,
+        causal: jax.Array | None = None,
+        key_ok: jax.Array | None = None,
+        encoder_hidden_states: jax.Array | None = None,
+        encoder_key_ok: jax.Array | None = None,
+        cache_index: jax.Array | None = None,
+        deterministic: bool | None = None,
+    ) -> tuple[jax.Array, Any, jax.Array, jax.Array | None]:
+        y, present, att = self.attn(self.ln_1(x), layer_past, causal, key_ok, None, cache_index, deterministic)
+        x = x + y
+        cross_att = None
+        if encoder_hidden_states is not None:
+            if not hasattr(self, "crossattention"):
+                raise ValueError(
+                    "encoder_hidden_states were passed but the model has no cross-attention. "
+                    "Received: config.add_cross_attention=False. Build the model with add_cross_attention=True."
+                )
+            y, _, cross_att = self.crossattention(
+                self.ln_cross_attn(x), None, None, encoder_key_ok, encoder_hidden_states, None, deterministic
+            )
+            x = x + y
+        x = x + self.mlp(self.ln_2(x), deterministic)
+        return x, present, att, cross_att
+
+
+class FlaxGPT2PreTrainedModel(nnx.Module):
+    """Shared loading, saving and initialisation of every GPT-2 class.
+
+    Models are built in eval mode (dropout off), as transformers' Flax models ran by default; `model.train()`
+    turns dropout on (drawing from the `dropout` stream of the `rngs` given at construction) and `model.eval()`
+    off again, or pass `deterministic=` to one call.
+
+    Args:
+        config: The model config.
+    """
+
+    head: str = "base"
+
+    def __init__(self, config: GPT2Config) -> None:
+        if not isinstance(config, GPT2Config):
+            raise TypeError(f"config must be a gpt2_core.GPT2Config. Received: type={type(config).__name__}.")
+        self.config = config
+
+    # -- parameters through gpt2_core.naming ------------------------------------------------------------------
+    def init_weights(self, seed: int | None = None) -> None:
+        """Initialise as transformers does (gpt2_core.reference.init_params); a random seed when None."""
+        if seed is None:
+            seed = int(np.random.default_rng().integers(0, 2**31 - 1))
+        from gpt2_flax.weights import load_canonical
+
+        load_canonical(self, reference.init_params(self.config, self.head, seed))
+
+    def canonical_state_dict(self) -> dict[str, np.ndarray]:
+        """Parameters as a canonical dict (gpt2_core.naming names and layouts), float32 NumPy."""
+        from gpt2_flax.weights import canonical_state_dict
+
+        return canonical_state_dict(self)
+
+    def load_canonical(self, canonical: dict[str, np.ndarray]) -> None:
+        from gpt2_flax.weights import load_canonical
+
+        load_canonical(self, canonical)
+
+    @classmethod
+    def from_config(cls, config: GPT2Config, seed: int | None = None) -> "FlaxGPT2PreTrainedModel":
+        """A model initialised with `gpt2_core.reference.init_params(config, head, seed)` (random seed if None):
+        the same seed gives the same weights in every framework."""
+        with _no_init():
+            model = cls(config, rngs=default_rngs(seed if seed is not None else 0))
+        model.init_weights(seed)
+        return model
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        *,
+        config: GPT2Config | None = None,
+        dtype: Any = None,
+        rngs: nnx.Rngs | None = None,
+        **hub_kwargs: Any,
+    ) -> "FlaxGPT2PreTrainedModel":
+        """Load `config.json` + weights (`model.safetensors`, sharded or not, `pytorch_model.bin`, or a
+        transformers 4.x `flax_model.msgpack`) from a local directory or a Hub id. Heads missing from the
+        checkpoint (a base checkpoint loaded into a classifier) are initialised and logged, as transformers does.
+
+        Args:
+            pretrained_model_name_or_path: Local directory or Hub id (e.g. `openai-community/gpt2`).
+            config: Use this config instead of the checkpoint's `config.json`.
+            dtype: Parameter dtype (`jnp.bfloat16`, `"float16"`, ...); float32 by default.
+            rngs: Dropout randomness (and the init of missing heads); `default_rngs(0)` by default.
+            **hub_kwargs: `revision`, `cache_dir`, `token`, `local_files_only` for Hub downloads.
+        """
+        from gpt2_flax.weights import cast_params, load_checkpoint
+
+        if config is None:
+            config = GPT2Config.from_pretrained(pretrained_model_name_or_path)
+        rngs = rngs if rngs is not None else default_rngs()
+        state = load_checkpoint(pretrained_model_name_or_path, config, **hub_kwargs)
+        canonical, missing_head = naming.from_hub_state_dict(
+            state, config, cls.head, source=f"checkpoint {str(pretrained_model_name_or_path)!r}"
+        )
+        with _no_init():
+            model = cls(config, rngs=rngs)
+        if missing_head:
+            logger.warning(
+                "%s: %s not in the checkpoint; newly initialised. Train the model before using it for predictions.",
+                cls.__name__,
+                missing_head,
+            )
+            init = reference.init_params(config, cls.head, _seed_from(rngs))
+            canonical.update({k: init[k] for k in missing_head})
+        model.load_canonical(canonical)
+        if dtype is not None:
+            cast_params(model, dtype)
+        model.eval()
+        return model
+
+    def save_pretrained(
+        self, save_directory: str | os.PathLike, *, max_shard_size: int | str | None = None, safe_serialization: bool = True
+    ) -> None:
+        """Write `config.json` + `model.safetensors` (sharded above `max_shard_size`) that transformers loads."""
+        from gpt2_core.hub import save_safetensors
+
+        if not safe_serialization:
+            raise ValueError("Only safetensors is written. Received: safe_serialization=False. Use gpt2-convert --to pytorch.")
+        directory = Path(save_directory)
+        config = self.config.copy()
+        # transformers' class name (without "Flax"), as its Flax models wrote it, so any framework loads the files.
+        config.extra["architectures"] = [type(self).__name__.removeprefix("Flax")]
+        config.extra["dtype"] = str(np.dtype(self.dtype))
+        state = naming.to_hub_state_dict(self.canonical_state_dict(), self.head)
+        save_safetensors(state, directory, max_shard_size=max_shard_size)
+        config.save_pretrained(directory)
+
+    def num_parameters(self) -> int:
+        return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(nnx.state(self, nnx.Param)))
+
+    @property
+    def dtype(self) -> Any:
+        return jax.tree.leaves(nnx.state(self, nnx.Param))[0].dtype
+
+
+class FlaxGPT2Model(FlaxGPT2PreTrainedModel):
+    """The bare GPT-2 transformer: embeddings, blocks, final LayerNorm.
+
+    Args:
+        config: The model config.
+        rngs: Randomness: the seed of the reference init (`params` stream) and dropout; `default_rngs(0)` by default.
+    """
+
+    head = "base"
+
+    def __init__(self, config: GPT2Config, *, rngs: nnx.Rngs | None = None) -> None:
+        super().__init__(config)
+        rngs = rngs if rngs is not None else default_rngs()
+        self.wte = nnx.Embed(config.vocab_size, config.n_embd, embedding_init=_ZEROS, rngs=rngs)
+        self.wpe = nnx.Embed(config.n_positions, config.n_embd, embedding_init=_ZEROS, rngs=rngs)
+        self.drop = _dropout(config.embd_pdrop, rngs)
+        self.h = nnx.List([FlaxGPT2Block(config, i, rngs=rngs) for i in range(config.n_layer)])
+        self.ln_f = _layer_norm(config, rngs)
+        if type(self) is FlaxGPT2Model and not _skip_init():
+            self.init_weights(_seed_from(rngs))
+
+    def get_input_embeddings(self) -> nnx.Embed:
+        return self.wte
+
+    def __call__(
+        self,
+        input_ids: jax.Array | None = None,
+        past_key_values: tuple[tuple[jax.Array, jax.Array], ...] | KVCache | None = None,
+        attention_mask: jax.Array | None = None,
+        token_type_ids: jax.Array | None = None,
+        position_ids: jax.Array | None = None,
+        inputs_embeds: jax.Array | None = None,
+        encoder_hidden_states: jax.Array | None = None,
+        encoder_attention_mask: jax.Array | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool = True,
+        deterministic: bool | None = None,
+    ) -> BaseModelOutputWithPastAndCrossAttentions:
+        config = self.config
+        use_cache = config.use_cache if use_cache is None else use_cache
+        input_ids, attention_mask, token_type_ids, position_ids = (
+            _as_array(input_ids), _as_array(attention_mask), _as_array(token_type_ids), _as_array(position_ids)
+        )
+        inputs_embeds, encoder_hidden_states = _as_array(inputs_embeds), _as_array(encoder_hidden_states)
+        encoder_attention_mask = _as_array(encoder_attention_mask)
+        # Leading dims beyond batch (the multiple-choice head's choices) fold into the batch, as in transformers.
+        lead_shape = None
+        if input_ids is not None and input_ids.ndim > 2:
+            lead_shape = input_ids.shape[:-1]
+            input_ids = input_ids.reshape(-1, input_ids.shape[-1])
+        if inputs_embeds is not None and inputs_embeds.ndim > 3:
+            lead_shape = inputs_embeds.shape[:-2]
+            inputs_embeds = inputs_embeds.reshape(-1, *inputs_embeds.shape[-2:])
+        if lead_shape is not None:
+            attention_mask = None if attention_mask is None else attention_mask.reshape(-1, attention_mask.shape[-1])
+            token_type_ids = None if token_type_ids is None else token_type_ids.reshape(-1, token_type_ids.shape[-1])
+            position_ids = None if position_ids is None else position_ids.reshape(-1, position_ids.shape[-1])
+        B = (input_ids if input_ids is not None else inputs_embeds).shape[0]
+        preallocated = isinstance(past_key_values, KVCache)
+        if preallocated:
+            P = past_key_values.length
+            _check_cache(config, past_key_values, B, input_ids, inputs_embeds, attention_mask)
+        else:
+            P = checks.check_past_key_values(config, past_key_values, B)
+        checks.check_model_inputs(
+            config,
+            input_ids=_min_max(input_ids),
+            input_shape=None if input_ids is None else tuple(input_ids.shape),
+            inputs_embeds_shape=None if inputs_embeds is None else tuple(inputs_embeds.shape),
+            attention_mask_shape=None if attention_mask is None or preallocated else tuple(attention_mask.shape),
+            position_ids=_min_max(position_ids),
+            position_ids_shape=None if position_ids is None else tuple(position_ids.shape),
+            token_type_ids_shape=None if token_type_ids is None else tuple(token_type_ids.shape),
+            past_length=0 if preallocated else P,
+        )
+        if inputs_embeds is None:
+            inputs_embeds = self.wte(input_ids)  # (B, T, C)
+        T = inputs_embeds.shape[1]
+        S = past_key_values.max_length if preallocated else P + T
+        if position_ids is None:
+            if attention_mask is not None:
+                position_ids = position_ids_from_attention_mask(attention_mask, T, P if preallocated else None)
+            else:
+                position_ids = (P + jnp.arange(T))[None, :]
+        x = inputs_embeds + self.wpe(position_ids)
+        if token_type_ids is not None:
+            x = x + self.wte(token_type_ids)
+        x = self.drop(x, deterministic=deterministic)
+
+        # causal[t, s]: key s is not in query t's future; key_ok[b, 0, 0, s]: key s is not padding
+        causal = jnp.arange(S)[None, :] <= (P + jnp.arange(T))[:, None]  # (T, S)
+        key_ok = None if attention_mask is None else (attention_mask != 0)[:, None, None, :]  # (B, 1, 1, S)
+        encoder_key_ok = None
+        if encoder_hidden_states is not None and encoder_attention_mask is not None:
+            encoder_key_ok = (encoder_attention_mask != 0)[:, None, None, :]  # (B, 1, 1, S_enc)
+
+        presents = [] if use_cache else None
+        all_hidden = [x] if output_hidden_states else None
+        all_att = [] if output_attentions else None
+        all_cross = [] if (output_attentions and encoder_hidden_states is not None) else None
+        cache_index = P if preallocated else None
+        for i, block in enumerate(self.h):
+            layer_past = past_key_values[i] if past_key_values is not None else None
+            x, present, att, cross_att = block(
+                x, layer_past, causal, key_ok, encoder_hidden_states, encoder_key_ok, cache_index, deterministic
+            )
+            if use_cache:
+                presents.append(present)
+            if output_attentions:
+                all_att.append(att)
+                if all_cross is not None:
+                    all_cross.append(cross_att)
+            if output_hidden_states:
+                all_hidden.append(x)
+        x = self.ln_f(x)
+        if output_hidden_states:
+            all_hidden[-1] = x  # transformers reports the last block's output after ln_f
+        if lead_shape is not None:
+            # like transformers v5: last_hidden_state regains the choices dim; the other hidden states stay flat
+            x = x.reshape(*lead_shape, *x.shape[-2:])
+            if output_hidden_states:
+                all_hidden[-1] = x
+        if use_cache and preallocated:
+            presents = KVCache(key=tuple(k for k, _ in presents), value=tuple(v for _, v in presents), length=P + T)
+        return BaseModelOutputWithPastAndCrossAttentions(
+            last_hidden_state=x,
+            past_key_values=(presents if preallocated else tuple(presents)) if use_cache else None,
+            hidden_states=tuple(all_hidden) if output_hidden_states else None,
+            attentions=tuple(all_att) if output_attentions else None,
+            cross_attentions=tuple(all_cross) if all_cross is not None else None,
+        )
+
+
+def _check_cache(
+    config: GPT2Config, cache: KVCache, B: int, input_ids: Any, inputs_embeds: Any, attention_mask: Any
+) -> None:
+    """Shape checks of a preallocated cache (its length is only checked when known, i.e. not under jit)."""
+    shape = tuple(cache.key[0].shape)
+    expected = (B, config.n_head, shape[2], config.head_dim)
+    if len(cache) != config.n_layer or shape != expected:
+        raise ValueError(
+            f"The KVCache does not fit the model. Received: {len(cache)} layers of shape {shape}; expected "
+            f"{config.n_layer} layers of shape {expected}. Make it with KVCache.init(config, batch_size, max_length)."
+        )
+    S_max = shape[2]
+    T = (input_ids if input_ids is not None else inputs_embeds).shape[1]
+    if attention_mask is not None and tuple(attention_mask.shape) != (B, S_max):
+        raise ValueError(
+            f"With a KVCache the attention_mask covers the whole cache buffer ({B}, {S_max}). "
+            f"Received: attention_mask.shape={tuple(attention_mask.shape)}."
+        )
+    if not _is_traced(cache.length) and int(cache.length) + T > S_max:
+        raise ValueError(
+            f"The KVCache is full. Received: length={int(cache.length)} + {T} new tokens > max_length={S_max}. "
+            "Make a larger cache with KVCache.init."
+        )
+
+
+class FlaxGPT2LMHeadModel(FlaxGPT2PreTrainedModel):
+    """GPT-2 with a language-modeling head (tied to the token embedding unless `tie_word_embeddings=False`).
+
+    Args:
+        config: The model config.
+        rngs: Randomness: the seed of the reference init (`params` stream) and dropout; `default_rngs(0)` by default.
+    """
+
+    head = "lm"
+
+    def __init__(self, config: GPT2Config, *, rngs: nnx.Rngs | None = None) -> None:
+        super().__init__(config)
+        rngs = rngs if rngs is not None else default_rngs()
+        self.transformer = FlaxGPT2Model(config, rngs=rngs)
+        # Tied: the logits use wte's embedding (JAX parameters cannot alias), so there is no lm_head parameter.
+        if not config.tie_word_embeddings:
+            self.lm_head = _linear(config.n_embd, config.vocab_size, rngs, use_bias=False)
+        if not _skip_init():
+            self.init_weights(_seed_from(rngs))
+
+    def lm_logits(self, x: jax.Array) -> jax.Array:
+        """(..., C) hidden states -> (..., V) logits, through `lm_head` or the tied `wte` (x @ E^T)."""
+        if self.config.tie_word_embeddings:
+            return self.transformer.wte.attend(x)
+        return self.lm_head(x)
+
+    def __call__(
+        self,
+        input_ids: jax.Array | None = None,
+        past_key_values: tuple[tuple[jax.Array, jax.Array], ...] | KVCache | None = None,
+        attention_mask: jax.Array | None = None,
+        token_type_ids: jax.Array | None = None,
+        position_ids: jax.Array | None = None,
+        inputs_embeds: jax.Array | None = None,
+        encoder_hidden_states: jax.Array | None = None,
+        encoder_attention_mask: jax.Array | None = None,
+        labels: jax.Array | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool = True,
+        deterministic: bool | None = None,
+    ) -> CausalLMOutputWithCrossAttentions:
+        out = self.transformer(
+            input_ids,
+            past_key_values=past_key_values,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            encoder_hidden_states=encoder_hidden_states,
+            encoder_attention_mask=encoder_attention_mask,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            deterministic=deterministic,
+        )
+        logits = self.lm_logits(out.last_hidden_state)  # (B, T, V)
+        loss = None
+        if labels is not None:
+            loss = lm_loss(logits, labels)
+        return CausalLMOutputWithCrossAttentions(
+            loss=loss,
+            logits=logits,
+            past_key_values=out.past_key_values,
+            hidden_states=out.hidden_states,
+            attentions=out.attentions,
+            cross_attentions=out.cross_attentions,
+        )
+
+    def generate(self, input_ids: jax.Array, **kwargs: Any) -> jax.Array:
+        """Compiled cached decoding; see `gpt2_flax.generation.generate` for the arguments."""
+        from gpt2_flax.generation import generate
+
+        return generate(self, input_ids, **kwargs)
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, ignore_index: int = reference.IGNORE_INDEX) -> jax.Array:
+    """torch.nn.functional.cross_entropy: mean over labels != ignore_index (NaN when none), in float32."""
+    logits = logits.reshape(-1, logits.shape[-1]).astype(jnp.float32)
+    labels = jnp.asarray(labels).reshape(-1)
+    keep = labels != ignore_index
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    nll = -jnp.take_along_axis(logp, jnp.where(keep, labels, 0)[:, None], axis=-1)[:, 0]
+    return jnp.sum(jnp.where(keep, nll, 0.0)) / jnp.sum(keep)
+
+
+def lm_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """gpt2_core.reference.lm_loss: shift inside, ignore -100, mean in float32."""
+    labels = jnp.asarray(labels)
+    return cross_entropy(logits[..., :-1, :], labels[..., 1:])
+
+
+class FlaxGPT2SequenceSummary(nnx.Module):
+    """transformers' GPT2SequenceSummary: pool one vector per sequence (the multiple-choice head).
+
+    Args:
+        config: The model config (`summary_*` fields).
+        rngs: Dropout randomness.
+    """
+
+    def __init__(self, config: GPT2Config, *, rngs: nnx.Rngs) -> None:
+        self.summary_type = config.summary_type
+        n = 1 if config.summary_proj_to_labels else config.n_embd
+        self.summary = _linear(config.n_embd, n, rngs) if config.summary_use_proj else _identity
+        self.activation = jnp.tanh if config.summary_activation == "tanh" else _identity
+        self.first_dropout = _dropout(config.summary_first_dropout, rngs)
+
+    def __call__(
+        self, hidden_states: jax.Array, cls_index: jax.Array | None = None, deterministic: bool | None = None
+    ) -> jax.Array:
+        if self.summary_type == "last":
+            x = hidden_states[..., -1, :]
+        elif self.summary_type == "first":
+            x = hidden_states[..., 0, :]
+        elif self.summary_type == "mean":
+            x = hidden_states.mean(axis=-2)
+        elif cls_index is None:
+            x = hidden_states[..., -1, :]
+        else:
+            idx = jnp.asarray(cls_index)[..., None, None]
+            idx = jnp.broadcast_to(idx, (*idx.shape[:-1], hidden_states.shape[-1]))
+            x = jnp.take_along_axis(hidden_states, idx, axis=-2).squeeze(-2)  # (..., C)
+        x = self.first_dropout(x, deterministic=deterministic)
+        return self.activation(self.summary(x))
+
+
+def _identity(x: jax.Array) -> jax.Array:
+    return x
+
+
+class FlaxGPT2DoubleHeadsModel(FlaxGPT2PreTrainedModel):
+    """GPT-2 with a language-modeling head and a multiple-choice head (RocStories/SWAG style).
+
+    Args:
+        config: The model config; as in transformers, `num_labels` is set to 1.
+        rngs: Randomness: the seed of the reference init (`params` stream) and dropout; `default_rngs(0)` by default.
+    """
+
+    head = "double"
+
+    def __init__(self, config: GPT2Config, *, rngs: nnx.Rngs | None = None) -> None:
+        config.num_labels = 1
+        super().__init__(config)
+        rngs = rngs if rngs is not None else default_rngs()
+        self.transformer = FlaxGPT2Model(config, rngs=rngs)
+        if not config.tie_word_embeddings:
+            self.lm_head = _linear(config.n_embd, config.vocab_size, rngs, use_bias=False)
+        self.multiple_choice_head = FlaxGPT2SequenceSummary(config, rngs=rngs)
+        if not _skip_init():
+            self.init_weights(_seed_from(rngs))
+
+    lm_logits = FlaxGPT2LMHeadModel.lm_logits
+
+    def __call__(
+        self,
+        input_ids: jax.Array | None = None,
+        past_key_values: tuple[tuple[jax.Array, jax.Array], ...] | KVCache | None = None,
+        attention_mask: jax.Array | None = None,
+        token_type_ids: jax.Array | None = None,
+        position_ids: jax.Array | None = None,
+        inputs_embeds: jax.Array | None = None,
+        mc_token_ids: jax.Array | None = None,
+        labels: jax.Array | None = None,
+        mc_labels: jax.Array | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool = True,
+        deterministic: bool | None = None,
+    ) -> GPT2DoubleHeadsModelOutput:
+        out = self.transformer(
+            input_ids,
+            past_key_values=past_key_values,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            deterministic=deterministic,
+        )
+        hidden = out.last_hidden_state  # (B, choices, T, C)
+        logits = self.lm_logits(hidden)
+        mc_logits = self.multiple_choice_head(hidden, mc_token_ids, deterministic).squeeze(-1)  # (B, choices)
+        mc_loss = None
+        if mc_labels is not None:
+            mc_loss = cross_entropy(mc_logits.reshape(-1, mc_logits.shape[-1]), mc_labels)
+        loss = None
+        if labels is not None:
+            loss = lm_loss(logits, labels)
+        return GPT2DoubleHeadsModelOutput(
+            loss=loss,
+            mc_loss=mc_loss,
+            logits=logits,
+            mc_logits=mc_logits,
+            past_key_values=out.past_key_values,
+            hidden_states=out.hidden_states,
+            attentions=out.attentions,
+        )
+
+
+class FlaxGPT2ForSequenceClassification(FlaxGPT2PreTrainedModel):
+    """GPT-2 with a linear classifier on the last non-padding token (`config.pad_token_id`).
+
+    Args:
+        config: The model config (`num_labels`, `pad_token_id`, `problem_type`).
+        rngs: Randomness: the seed of the reference init (`params` stream) and dropout; `default_rngs(0)` by default.
+    """
+
+    head = "seqcls"
+
+    def __init__(self, config: GPT2Config, *, rngs: nnx.Rngs | None = None) -> None:
+        super().__init__(config)
+        rngs = rngs if rngs is not None else default_rngs()
+        self.num_labels = config.num_labels
+        self.transformer = FlaxGPT2Model(config, rngs=rngs)
+        self.score = _linear(config.n_embd, config.num_labels, rngs, use_bias=False)
+        if not _skip_init():
+            self.init_weights(_seed_from(rngs))
+
+    def __call__(
+        self,
+        input_ids: jax.Array | None = None,
+        past_key_values: tuple[tuple[jax.Array, jax.Array], ...] | KVCache | None = None,
+        attention_mask: jax.Array | None = None,
+        token_type_ids: jax.Array | None = None,
+        position_ids: jax.Array | None = None,
+        inputs_embeds: jax.Array | None = None,
+        labels: jax.Array | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool = True,
+        deterministic: bool | None = None,
+    ) -> SequenceClassifierOutputWithPast:
+        out = self.transformer(
+            input_ids,
+            past_key_values=past_key_values,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            deterministic=deterministic,
+        )
+        logits = self.score(out.last_hidden_state)  # (B, T, L)
+        B, T = logits.shape[:2]
+        if self.config.pad_token_id is None and B != 1:
+            raise ValueError(
+                f"Cannot pick each row's last token without a padding token. Received: batch size {B}, "
+                "config.pad_token_id=None. Set config.pad_token_id (e.g. to the tokenizer's pad/eos id)."
+            )
+        if self.config.pad_token_id is None or input_ids is None:
+            last = jnp.full((B,), T - 1)
+        else:
+            non_pad = (jnp.asarray(input_ids) != self.config.pad_token_id).astype(jnp.int32)
+            last = (jnp.arange(T) * non_pad).argmax(-1)
+        pooled = logits[jnp.arange(B), last]  # (B, L)
+        loss = None
+        if labels is not None:
+            labels = jnp.asarray(labels)
+            kind = reference.problem_type(self.config, np.zeros((), dtype=_np_dtype(labels)))
+            if kind == "regression":
+                if self.num_labels == 1:
+                    loss = jnp.mean((pooled.squeeze().astype(jnp.float32) - labels.squeeze().astype(jnp.float32)) ** 2)
+                else:
+                    loss = jnp.mean((pooled.astype(jnp.float32) - labels.astype(jnp.float32)) ** 2)
+            elif kind == "single_label_classification":
+                loss = cross_entropy(pooled.reshape(-1, self.num_labels), labels.reshape(-1))
+            else:
+                loss = binary_cross_entropy_with_logits(pooled, labels)
+        return SequenceClassifierOutputWithPast(
+            loss=loss,
+            logits=pooled,
+            past_key_values=out.past_key_values,
+            hidden_states=out.hidden_states,
+            attentions=out.attentions,
+        )
+
+
+def binary_cross_entropy_with_logits(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Mean BCE on logits, in the stable form `max(x, 0) - x y + log(1 + exp(-|x|))` (float32)."""
+    x, y = logits.astype(jnp.float32), labels.astype(jnp.float32)
+    return jnp.mean(jnp.maximum(x, 0) - x * y + jnp.log1p(jnp.exp(-jnp.abs(x))))
+
+
+def _np_dtype(t: jax.Array) -> Any:
+    return np.int64 if jnp.issubdtype(t.dtype, jnp.integer) else np.float32
+
+
+class FlaxGPT2ForTokenClassification(FlaxGPT2PreTrainedModel):
+    """GPT-2 with a linear classifier on every token.
+
+    Args:
+        config: The model config (`num_labels`, `classifier_dropout`).
+        rngs: Randomness: the seed of the reference init (`params` stream) and dropout; `default_rngs(0)` by default.
+    """
+
+    head = "tokcls"
+
+    def __init__(self, config: GPT2Config, *, rngs: nnx.Rngs | None = None) -> None:
+        super().__init__(config)
+        rngs = rngs if rngs is not None else default_rngs()
+        self.num_labels = config.num_labels
+        self.transformer = FlaxGPT2Model(config, rngs=rngs)
+        p = config.classifier_dropout if config.classifier_dropout is not None else 0.1
+        self.dropout = _dropout(p, rngs)
+        self.classifier = _linear(config.n_embd, config.num_labels, rngs)
+        if not _skip_init():
+            self.init_weights(_seed_from(rngs))
+
+    def __call__(
+        self,
+        input_ids: jax.Array | None = None,
+        past_key_values: tuple[tuple[jax.Array, jax.Array], ...] | KVCache | None = None,
+        attention_mask: jax.Array | None = None,
+        token_type_ids: jax.Array | None = None,
+        position_ids: jax.Array | None = None,
+        inputs_embeds: jax.Array | None = None,
+        labels: jax.Array | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool = True,
+        deterministic: bool | None = None,
+    ) -> TokenClassifierOutput:
+        out = self.transformer(
+            input_ids,
+            past_key_values=past_key_values,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            deterministic=deterministic,
+        )
+        logits = self.classifier(self.dropout(out.last_hidden_state, deterministic=deterministic))  # (B, T, L)
+        loss = None
+        if labels is not None:
+            loss = cross_entropy(logits.reshape(-1, self.num_labels), jnp.asarray(labels).reshape(-1))
+        return TokenClassifierOutput(
+            loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions
+        )
+
+
+class FlaxGPT2ForQuestionAnswering(FlaxGPT2PreTrainedModel):
+    """GPT-2 with a span-extraction head (start and end logits per token).
+
+    Args:
+        config: The model config.
+        rngs: Randomness: the seed of the reference init (`params` stream) and dropout; `default_rngs(0)` by default.
+    """
+
+    head = "qa"
+
+    def __init__(self, config: GPT2Config, *, rngs: nnx.Rngs | None = None) -> None:
+        super().__init__(config)
+        rngs = rngs if rngs is not None else default_rngs()
+        self.transformer = FlaxGPT2Model(config, rngs=rngs)
+        self.qa_outputs = _linear(config.n_embd, 2, rngs)
+        if not _skip_init():
+            self.init_weights(_seed_from(rngs))
+
+    def __call__(
+        self,
+        input_ids: jax.Array | None = None,
+        attention_mask: jax.Array | None = None,
+        token_type_ids: jax.Array | None = None,
+        position_ids: jax.Array | None = None,
+        inputs_embeds: jax.Array | None = None,
+        start_positions: jax.Array | None = None,
+        end_positions: jax.Array | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool = True,
+        deterministic: bool | None = None,
+    ) -> QuestionAnsweringModelOutput:
+        out = self.transformer(
+            input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            use_cache=False,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            deterministic=deterministic,
+        )
+        logits = self.qa_outputs(out.last_hidden_state)  # (B, T, 2)
+        start_logits, end_logits = logits[..., 0], logits[..., 1]
+        loss = None
+        if start_positions is not None and end_positions is not None:
+            ignored = start_logits.shape[1]
+            start_positions = jnp.clip(jnp.asarray(start_positions).reshape(-1), 0, ignored)
+            end_positions = jnp.clip(jnp.asarray(end_positions).reshape(-1), 0, ignored)
+            start_loss = cross_entropy(start_logits, start_positions, ignore_index=ignored)
+            end_loss = cross_entropy(end_logits, end_positions, ignore_index=ignored)
+            loss = (start_loss + end_loss) / 2
+        return QuestionAnsweringModelOutput(
+            loss=loss,
+            start_logits=start_logits,
+            end_logits=end_logits,
+            hidden_states=out.hidden_states,
+            attentions=out.attentions,
+        )
+
+
+MODEL_CLASSES = {
+    "base": FlaxGPT2Model,
+    "lm": FlaxGPT2LMHeadModel,
+    "double": FlaxGPT2DoubleHeadsModel,
+    "qa": FlaxGPT2ForQuestionAnswering,
+    "seqcls": FlaxGPT2ForSequenceClassification,
+    "tokcls": FlaxGPT2ForTokenClassification,
+}

@@ -1,0 +1,88 @@
+"""Move parameters between a gpt2_flax model and the canonical dict, through gpt2_core.naming only.
+
+A parameter's flax path is its dotted path in `nnx.state(model, nnx.Param)` (`transformer.h.0.attn.c_attn.kernel`);
+gpt2_core.naming (backend "flax") maps those paths and layouts to canonical names. Nothing else knows them.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from gpt2_core import hub, naming
+from gpt2_core.config import GPT2Config
+
+FLAX_WEIGHTS_NAME = "flax_model.msgpack"
+
+
+def _params(model) -> dict[str, nnx.Param]:
+    # The Variables themselves (not copies): setting a value updates the model.
+    return {".".join(str(p) for p in path): var for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+
+
+def canonical_state_dict(model) -> dict[str, np.ndarray]:
+    """The model's parameters as canonical NumPy arrays (bfloat16 widened to float32)."""
+    params = {}
+    for path, var in _params(model).items():
+        value = var.get_value()
+        if value.dtype == jnp.bfloat16:
+            value = value.astype(jnp.float32)
+        params[path] = np.asarray(value)
+    return naming.from_backend(params, "flax", model.config, model.head)
+
+
+def load_canonical(model, canonical: dict[str, np.ndarray]) -> None:
+    """Copy a canonical dict into the model. Strict: every parameter set, every shape checked."""
+    expected = naming.canonical_shapes(model.config, model.head)
+    missing = sorted(set(expected) - set(canonical))
+    unexpected = sorted(set(canonical) - set(expected))
+    wrong = [
+        f"{k}: expected {expected[k]}, found {tuple(np.shape(v))}"
+        for k, v in canonical.items()
+        if k in expected and tuple(np.shape(v)) != tuple(expected[k])
+    ]
+    if missing or unexpected or wrong:
+        raise ValueError(
+            f"The weights do not fit {type(model).__name__}. Received: missing={missing[:10]}, "
+            f"unexpected={unexpected[:10]}, wrong shapes={wrong[:10]}. Use weights made for this config and head."
+        )
+    params = _params(model)
+    backend = naming.to_backend(canonical, "flax", model.config, model.head)
+    if set(backend) != set(params):
+        raise RuntimeError(f"naming table and flax model disagree: {sorted(set(backend) ^ set(params))[:10]}")
+    for path, value in backend.items():
+        var = params[path]
+        var.set_value(jnp.asarray(np.ascontiguousarray(value), dtype=var.get_value().dtype))
+
+
+def cast_params(model, dtype: Any) -> None:
+    """Cast every floating-point parameter to `dtype` (e.g. `jnp.bfloat16` or `"float16"`), in place."""
+    dtype = jnp.dtype(dtype)
+    for var in _params(model).values():
+        value = var.get_value()
+        if jnp.issubdtype(value.dtype, jnp.floating):
+            var.set_value(value.astype(dtype))
+    # nnx.Embed fixes its compute dtype at construction (the other layers follow their inputs and parameters).
+    for _, module in nnx.iter_modules(model):
+        if isinstance(module, nnx.Embed):
+            module.dtype = module.param_dtype = dtype
+
+
+def load_checkpoint(name_or_path: str | os.PathLike, config: GPT2Config, **hub_kwargs: Any) -> dict[str, np.ndarray]:
+    """A checkpoint's tensors: `model.safetensors` / `pytorch_model.bin` through gpt2_core.hub (file names), else a
+    transformers 4.x `flax_model.msgpack` through the converter's reader (canonical names). Either kind of names
+    goes through `naming.from_hub_state_dict` next."""
+    try:
+        return hub.load_state_dict(name_or_path, **hub_kwargs)
+    except FileNotFoundError:
+        msgpack = hub.resolve_file(name_or_path, FLAX_WEIGHTS_NAME, required=False, **hub_kwargs)
+        if msgpack is None:
+            raise
+    from weights_convert.formats import open_checkpoint
+
+    with open_checkpoint(msgpack, format="flax", config=config) as checkpoint:
+        return checkpoint.to_dict()

@@ -1,0 +1,353 @@
+"""gpt2_flax beyond the shared equivalence suite: compiled generation (against gpt2_torch token for token, no
+recompilation within a shape bucket, sampling), the preallocated KV cache, dropout modes, jit, training with optax
+(every head; data parallel on 4 CPU devices in a subprocess; a few hundred steps on the Shakespeare corpus), the
+same ValueErrors as gpt2_torch, and checkpoints that transformers loads.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+jax = pytest.importorskip("jax")
+import jax.numpy as jnp  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from conftest import REPO, TOL, make_config, padded_batch, shared_dir  # noqa: E402
+from gpt2_core import generation as core_generation  # noqa: E402
+from gpt2_core import reference  # noqa: E402
+from gpt2_flax import FlaxGPT2LMHeadModel, KVCache, default_rngs  # noqa: E402
+from gpt2_flax import generation  # noqa: E402
+from gpt2_flax.model import MODEL_CLASSES  # noqa: E402
+from gpt2_flax.training import eval_step, make_optimizer, train_step  # noqa: E402
+
+jax.config.update("jax_default_matmul_precision", "highest")
+
+
+def flax_lm(config, seed: int = 0) -> FlaxGPT2LMHeadModel:
+    model = FlaxGPT2LMHeadModel(config.copy())
+    model.load_canonical(reference.random_params(config, "lm", seed=seed))
+    return model
+
+
+# -- generation -------------------------------------------------------------------------------------------------
+
+
+def test_jit_greedy_generation_equals_torch():
+    """Left-padded batch, one row stopping at eos: the compiled decode gives gpt2_torch's tokens exactly."""
+    torch = pytest.importorskip("torch")
+    from gpt2_torch import GPT2LMHeadModel
+
+    config = make_config("mistral")
+    params = reference.random_params(config, "lm", seed=21)
+    ids, mask = padded_batch(config, "left")
+    ref_model = GPT2LMHeadModel(config.copy()).eval()
+    ref_model.load_canonical(params)
+    free = ref_model.generate(torch.from_numpy(ids), attention_mask=torch.from_numpy(mask), max_new_tokens=10, eos_token_id=[])
+    eos = int(free[1, ids.shape[1] + 2])  # row 1 emits it at its third step (or earlier)
+    expected = ref_model.generate(
+        torch.from_numpy(ids), attention_mask=torch.from_numpy(mask), max_new_tokens=10, eos_token_id=eos
+    ).numpy()
+    model = flax_lm(config, seed=21)
+    got = np.asarray(model.generate(ids, attention_mask=mask, max_new_tokens=10, eos_token_id=eos))
+    np.testing.assert_array_equal(got, expected)
+    assert got.dtype == np.int32 and (got[1, ids.shape[1] :] == eos).any()
+
+
+def test_generation_compiles_once_per_bucket():
+    config = make_config("default")
+    model = flax_lm(config, seed=22)
+    ids, mask = padded_batch(config, "left")  # T = 7: bucket 8
+    model.generate(ids, attention_mask=mask, max_new_tokens=5, eos_token_id=[])
+    before = generation.trace_count()
+    # Another prompt length and another number of new tokens in the same buckets, and other weights.
+    model.generate(ids[:, 1:], attention_mask=mask[:, 1:], max_new_tokens=7, eos_token_id=[])
+    other = flax_lm(config, seed=23)
+    out = other.generate(ids, attention_mask=mask, max_new_tokens=3, eos_token_id=[])
+    assert generation.trace_count() == before
+    assert out.shape == (3, ids.shape[1] + 3)
+    model.generate(ids, attention_mask=mask, max_new_tokens=9, eos_token_id=[])  # bucket 16: a new program
+    assert generation.trace_count() == before + 1
+
+
+def test_sampling_reproducible_and_consistent_with_greedy():
+    config = make_config("default")
+    model = flax_lm(config, seed=24)
+    ids, mask = padded_batch(config, "left")
+    kw = dict(attention_mask=mask, max_new_tokens=6, eos_token_id=[])
+    a = model.generate(ids, do_sample=True, seed=1, temperature=1.5, top_k=20, top_p=0.9, **kw)
+    b = model.generate(ids, do_sample=True, seed=1, temperature=1.5, top_k=20, top_p=0.9, **kw)
+    c = model.generate(ids, do_sample=True, seed=2, temperature=1.5, top_k=20, top_p=0.9, **kw)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    greedy = model.generate(ids, **kw)
+    np.testing.assert_array_equal(model.generate(ids, do_sample=True, seed=3, top_k=1, **kw), greedy)
+    np.testing.assert_array_equal(model.generate(ids, do_sample=True, seed=3, top_p=1e-6, **kw), greedy)
+
+
+@pytest.mark.parametrize("temperature, top_k, top_p", [(1.0, 5, None), (0.7, None, 0.8), (1.3, 10, 0.5)])
+def test_process_logits_matches_core(temperature, top_k, top_p):
+    logits = np.random.default_rng(0).standard_normal((3, 50)).astype(np.float32) * 3
+    gen = core_generation.GenerationConfig(do_sample=True, temperature=temperature, top_k=top_k, top_p=top_p)
+    expected = core_generation.process_logits(logits, gen)
+    got = np.asarray(generation.process_logits(jnp.asarray(logits), gen))
+    traced = jax.jit(lambda x, t, k, p: generation.process_logits(x, core_generation.GenerationConfig(temperature=t, top_k=k, top_p=p)))
+    got_traced = np.asarray(traced(logits, temperature, top_k or logits.shape[1], top_p or 2.0))
+    np.testing.assert_array_equal(got_traced, got)
+    kept = expected > np.finfo(np.float64).min
+    np.testing.assert_array_equal(got > np.finfo(np.float32).min, kept)
+    np.testing.assert_allclose(got[kept], expected[kept], rtol=1e-6)
+
+
+def test_kv_cache_matches_uncached_forward():
+    """The preallocated cache (prefill, then one token at a time) gives the uncached logits, left-padded."""
+    config = make_config("mistral")
+    model = flax_lm(config, seed=25)
+    ids, mask = padded_batch(config, "left")
+    B, T = ids.shape
+    extra = np.random.default_rng(1).integers(1, config.vocab_size - 1, (B, 3))
+    full_ids = np.concatenate([ids, extra], 1)
+    S_max = 16
+    full_mask = np.concatenate([mask, np.ones((B, S_max - T), mask.dtype)], 1)  # covers the whole buffer
+    expected = np.asarray(model(full_ids, attention_mask=full_mask[:, : T + 3]).logits)
+    step = nnx.jit(lambda m, x, cache, mask: m(x, past_key_values=cache, attention_mask=mask))
+    out = model(ids, past_key_values=KVCache.init(config, B, S_max), attention_mask=full_mask)
+    logits = [np.asarray(out.logits)]
+    cache = out.past_key_values
+    for t in range(3):
+        out = step(model, extra[:, t : t + 1], cache, full_mask)
+        cache = out.past_key_values
+        logits.append(np.asarray(out.logits))
+    assert int(cache.length) == T + 3 and cache.key[0].shape == (B, config.n_head, S_max, config.head_dim)
+    assert np.abs(np.concatenate(logits, 1) - expected).max() <= TOL
+
+
+# -- modes, jit, outputs ----------------------------------------------------------------------------------------
+
+
+def test_dropout_follows_train_and_eval():
+    config = make_config("default", resid_pdrop=0.5, embd_pdrop=0.5, attn_pdrop=0.5)
+    model = FlaxGPT2LMHeadModel(config, rngs=default_rngs(0))
+    ids = np.arange(1, 9)[None]
+    assert np.array_equal(model(ids).logits, model(ids).logits)  # built in eval mode
+    model.train()
+    a, b = model(ids).logits, model(ids).logits
+    assert not np.array_equal(a, b)
+    np.testing.assert_array_equal(model(ids, deterministic=True).logits, model(ids, deterministic=True).logits)
+    model.eval()
+    assert np.array_equal(model(ids).logits, model(ids).logits)
+
+
+def test_outputs_cross_jit_and_checks_under_tracing():
+    config = make_config("default")
+    model = flax_lm(config, seed=26)
+    ids = np.arange(1, 9)[None]
+    out = nnx.jit(lambda m, x: m(x, output_hidden_states=True))(model, ids)
+    assert type(out).__name__ == "CausalLMOutputWithCrossAttentions" and len(out.hidden_states) == config.n_layer + 1
+    assert np.abs(np.asarray(out.logits) - np.asarray(model(ids).logits)).max() <= TOL
+    with pytest.raises(ValueError, match=r"exceeds n_positions=24"):  # shapes are known under tracing too
+        nnx.jit(lambda m, x: m(x))(model, np.ones((1, 25), np.int32))
+
+
+# -- the same errors as gpt2_torch ------------------------------------------------------------------------------
+
+BAD_CALLS = {
+    "token_out_of_range": lambda m: m(np.array([[1, 2, 97]])),
+    "too_long": lambda m: m(np.ones((1, 25), np.int32)),
+    "mask_shape": lambda m: m(np.ones((2, 5), np.int32), attention_mask=np.ones((2, 4), np.int32)),
+    "no_batch_dim": lambda m: m(np.ones((5,), np.int32)),
+    "both_ids_and_embeds": lambda m: m(np.ones((1, 5), np.int32), inputs_embeds=np.zeros((1, 5, 32), np.float32)),
+    "position_ids_range": lambda m: m(np.ones((1, 3), np.int32), position_ids=np.array([[0, 1, 24]])),
+    "no_cross_attention": lambda m: m(np.ones((1, 3), np.int32), encoder_hidden_states=np.zeros((1, 2, 32), np.float32)),
+    "generate_too_long": lambda m: m.generate(np.ones((1, 20), np.int32), max_new_tokens=10),
+    "generate_temperature": lambda m: m.generate(np.ones((1, 3), np.int32), do_sample=True, temperature=0.0),
+    "generate_top_p": lambda m: m.generate(np.ones((1, 3), np.int32), do_sample=True, top_p=1.5),
+    "generate_bad_token": lambda m: m.generate(np.array([[1, 200]])),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CALLS))
+def test_invalid_inputs_raise_like_torch(case):
+    torch = pytest.importorskip("torch")
+    from gpt2_torch import GPT2LMHeadModel
+
+    config = make_config("default")
+    to_torch = lambda a: torch.from_numpy(np.asarray(a, np.float32 if np.asarray(a).dtype.kind == "f" else np.int64))
+
+    class TorchCaller:  # the same call on gpt2_torch, numpy arguments converted
+        def __init__(self, model):
+            self.model = model
+
+        def __call__(self, *args, **kwargs):
+            return self.model(*map(to_torch, args), **{k: to_torch(v) for k, v in kwargs.items()})
+
+        def generate(self, *args, **kwargs):
+            return self.model.generate(*map(to_torch, args), **kwargs)
+
+    with pytest.raises(ValueError) as expected:
+        BAD_CALLS[case](TorchCaller(GPT2LMHeadModel(config.copy()).eval()))
+    with pytest.raises(ValueError) as got:
+        BAD_CALLS[case](FlaxGPT2LMHeadModel(config.copy()))
+    assert str(got.value) == str(expected.value)
+
+
+# -- training ---------------------------------------------------------------------------------------------------
+
+
+def head_batch(head: str, config, seed: int = 0) -> dict:
+    r = np.random.default_rng(seed)
+    ids, mask = padded_batch(config, "right", seed)
+    ids, mask = np.concatenate([ids, ids[::-1]]), np.concatenate([mask, mask[::-1]])  # B = 6
+    B, T = ids.shape
+    batch = {"input_ids": ids, "attention_mask": mask}
+    if head == "lm":
+        batch["labels"] = np.where(mask == 1, ids, -100)
+    elif head == "double":
+        batch = {"input_ids": ids.reshape(3, 2, T), "attention_mask": mask.reshape(3, 2, T)}
+        batch["mc_token_ids"] = (mask.sum(1) - 1).reshape(3, 2)
+        batch["mc_labels"] = r.integers(0, 2, 3)
+        batch["labels"] = np.where(batch["attention_mask"] == 1, batch["input_ids"], -100)
+    elif head == "seqcls":
+        batch["labels"] = r.integers(0, config.num_labels, B)
+    elif head == "tokcls":
+        batch["labels"] = np.where(mask == 1, r.integers(0, config.num_labels, (B, T)), -100)
+    elif head == "qa":
+        batch["start_positions"] = r.integers(0, 4, B)
+        batch["end_positions"] = r.integers(3, 7, B)
+    return {k: jnp.asarray(v) for k, v in batch.items()}
+
+
+@pytest.mark.parametrize("head", ["lm", "double", "seqcls", "tokcls", "qa"])
+def test_train_step_fits_a_batch(head):
+    config = make_config("default", num_labels=3)
+    model = MODEL_CLASSES[head](config.copy(), rngs=default_rngs(1))
+    optimizer = make_optimizer(model, learning_rate=5e-3, warmup_steps=2, total_steps=40)
+    batch = head_batch(head, config)
+    losses = [float(train_step(model, optimizer, batch)) for _ in range(20)]  # each: the loss before its update
+    assert np.all(np.isfinite(losses))
+    assert losses[-1] < 0.75 * losses[0], losses
+
+
+DATA_PARALLEL = textwrap.dedent(
+    """
+    import os
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"  # before jax initialises
+    import json
+    import jax
+    import numpy as np
+    jax.config.update("jax_default_matmul_precision", "highest")
+    from gpt2_core import GPT2Config
+    from gpt2_flax import FlaxGPT2LMHeadModel
+    from gpt2_flax.training import make_mesh, make_optimizer, replicate, shard_batch, train_step
+
+    config = GPT2Config(vocab_size=97, n_positions=24, n_embd=32, n_layer=2, n_head=4, eos_token_id=96,
+                        bos_token_id=96, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    r = np.random.default_rng(0)
+    batches = [dict(input_ids=(x := r.integers(0, 97, (8, 16))), labels=x) for _ in range(3)]
+
+    def run(sharded):
+        model = FlaxGPT2LMHeadModel.from_config(config, seed=0)
+        optimizer = make_optimizer(model, learning_rate=1e-3, warmup_steps=1, total_steps=10)
+        mesh = make_mesh()
+        if sharded:
+            replicate(mesh, model, optimizer)
+        losses = [float(train_step(model, optimizer, shard_batch(mesh, b) if sharded else b)) for b in batches]
+        kernel = model.transformer.h[0].attn.c_attn.kernel.get_value()
+        return losses, model.canonical_state_dict(), len(kernel.sharding.device_set)
+
+    single, p1, _ = run(False)
+    sharded, p2, n_devices = run(True)
+    print(json.dumps(dict(devices=len(jax.devices()), param_devices=n_devices, single=single, sharded=sharded,
+                          param_diff=max(float(np.abs(p1[k] - p2[k]).max()) for k in p1))))
+    """
+)
+
+
+def test_data_parallel_step_matches_single_device():
+    """4 CPU devices (XLA_FLAGS set before jax starts, hence the subprocess): same losses and parameters."""
+    proc = subprocess.run(
+        [sys.executable, "-c", DATA_PARALLEL], capture_output=True, text=True, cwd=REPO, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["devices"] == 4 and result["param_devices"] == 4
+    np.testing.assert_allclose(result["sharded"], result["single"], atol=1e-6)
+    assert result["param_diff"] <= 2e-6
+
+
+def test_training_on_shakespeare_lowers_the_loss():
+    """A few hundred AdamW steps of a tiny model on real text (GPT-2 tokenizer; ids remapped to the ones used)."""
+    from gpt2_core import GPT2Tokenizer
+
+    text = (shared_dir() / "corpus" / "shakespeare" / "othello.txt").read_text(encoding="utf-8")[:60_000]
+    ids = np.asarray(GPT2Tokenizer().encode(text))
+    used, dense = np.unique(ids, return_inverse=True)  # a small vocabulary keeps the test fast
+    config = make_config(
+        "default", vocab_size=len(used), n_positions=64, n_embd=64, n_head=4, n_layer=2,
+        bos_token_id=0, eos_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+    )
+    model = FlaxGPT2LMHeadModel(config, rngs=default_rngs(0))
+    steps, B, T = 250, 8, 64
+    optimizer = make_optimizer(model, learning_rate=3e-3, warmup_steps=30, total_steps=steps)
+    r = np.random.default_rng(0)
+    split = int(0.9 * len(dense))
+
+    def batch(data):
+        starts = r.integers(0, len(data) - T, B)
+        x = np.stack([data[s : s + T] for s in starts])
+        return {"input_ids": jnp.asarray(x), "labels": jnp.asarray(x)}
+
+    held_out = [batch(dense[split:]) for _ in range(4)]
+    before = np.mean([float(eval_step(model, b)) for b in held_out])
+    for _ in range(steps):
+        train_step(model, optimizer, batch(dense[:split]))
+    after = np.mean([float(eval_step(model, b)) for b in held_out])
+    print(f"held-out loss {before:.2f} -> {after:.2f} after {steps} steps")
+    assert before > np.log(len(used)) - 1.0  # starts near uniform
+    assert after < before - 2.0, (before, after)
+
+
+# -- checkpoints ------------------------------------------------------------------------------------------------
+
+
+def test_checkpoint_loads_in_transformers(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    torch = pytest.importorskip("torch")
+    config = make_config("untied")
+    model = flax_lm(config, seed=27)
+    model.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["architectures"] == ["GPT2LMHeadModel"]
+    hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path).eval()
+    ids = np.arange(1, 9)[None]
+    with torch.no_grad():
+        expected = hf(torch.from_numpy(ids)).logits.numpy()
+    assert np.abs(np.asarray(model(ids).logits) - expected).max() <= TOL
+
+
+def test_from_pretrained_dtype_and_missing_head(tmp_path, caplog):
+    config = make_config("default")
+    flax_lm(config, seed=28).save_pretrained(tmp_path)
+    bf16 = FlaxGPT2LMHeadModel.from_pretrained(tmp_path, dtype=jnp.bfloat16)
+    assert bf16.dtype == jnp.bfloat16 and bf16(np.arange(1, 5)[None]).logits.dtype == jnp.bfloat16
+    with caplog.at_level("WARNING"):
+        clf = MODEL_CLASSES["seqcls"].from_pretrained(tmp_path)
+    assert "score.weight" in caplog.text
+    assert np.abs(clf.canonical_state_dict()["wte.weight"] - reference.random_params(config, "lm", seed=28)["wte.weight"]).max() == 0
+
+
+@pytest.mark.parametrize("name, head", [("flax_base", "base"), ("flax_lm", "lm"), ("flax_lm_untied", "lm")])
+def test_reads_transformers4_flax_msgpack(name, head):
+    """A directory with only flax_model.msgpack (transformers 4.x FlaxGPT2*): outputs of the 4.x class."""
+    pytest.importorskip("weights_convert.formats")
+    directory = Path(__file__).parent / "fixtures" / "hf4" / name
+    expected = np.load(directory / "expected.npz")
+    model = MODEL_CLASSES[head].from_pretrained(directory)
+    out = model(expected["input_ids"])
+    field = "last_hidden_state" if head == "base" else "logits"
+    assert np.abs(np.asarray(getattr(out, field)) - expected[field]).max() <= TOL
