@@ -1,0 +1,1098 @@
+"""GPT-2 in TensorFlow (Keras 3 on the TensorFlow backend): the six transformers classes, argument for argument and
+output field for output field.
+
+Mirrors `gpt2_torch/model.py` class for class and name for name; every decision (activation formulas, attention
+scale, mask fill, position ids of padded batches, losses) follows `gpt2_core.reference`. Parameters are Keras
+`Dense` kernels `[in, out]`, `LayerNormalization` gamma/beta and `Embedding` embeddings; `gpt2_tf.weights` maps them
+to canonical names through `gpt2_core.naming` and nothing else knows their names.
+
+The models run eagerly, inside `tf.function` (also `jit_compile=True`), under `model.compile()` + `model.fit()` and
+exported as a SavedModel (`serving`). Input checks (`gpt2_core.checks`) run on concrete values when executing
+eagerly; inside a graph only the static shapes are checked.
+
+Besides transformers' `past_key_values` (a tuple of per-layer (k, v) that grows by concatenation), the body takes a
+preallocated cache for `gpt2_tf.generation`: with `cache_index` set, `past_key_values` holds fixed-size buffers
+(B, N, S_max, H), the new keys and values are written at `cache_index` and attention runs over the whole buffer,
+future slots masked causally.
+
+Shapes: B batch, T query length, S key length (past + new), N heads, H head dim, C n_embd, V vocab.
+
+References: OpenAI gpt-2 `src/model.py`; transformers `models/gpt2/modeling_gpt2.py` (v5) and
+`modeling_tf_gpt2.py` (v4); nanoGPT `model.py`.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+import keras  # noqa: E402
+
+from gpt2_core import checks, naming, reference  # noqa: E402
+from gpt2_core.config import GPT2Config  # noqa: E402
+from gpt2_core.outputs import (  # noqa: E402
+    BaseModelOutputWithPastAndCrossAttentions,
+    CausalLMOutputWithCrossAttentions,
+    GPT2DoubleHeadsModelOutput,
+    QuestionAnsweringModelOutput,
+    SequenceClassifierOutputWithPast,
+    TokenClassifierOutput,
+)
+
+if keras.backend.backend() != "tensorflow":
+    raise ImportError(
+        "gpt2_tf needs Keras on the TensorFlow backend. Received: KERAS_BACKEND="
+        f"{keras.backend.backend()!r}. Set KERAS_BACKEND=tensorflow before importing keras."
+    )
+
+logger = logging.getLogger(__name__)
+
+# transformers' TF class name for the double-heads output; the fields are the same.
+TFGPT2DoubleHeadsModelOutput = GPT2DoubleHeadsModelOutput
+
+
+def _gelu_tanh(x: tf.Tensor) -> tf.Tensor:
+    return 0.5 * x * (1.0 + tf.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * tf.pow(x, 3.0))))
+
+
+# The formulas of gpt2_core.reference.ACTIVATIONS (the old TF port used exact gelu for gelu_new: not here).
+ACT2FN = {
+    "gelu_new": _gelu_tanh,
+    "gelu_pytorch_tanh": _gelu_tanh,
+    "gelu": lambda x: 0.5 * x * (1.0 + tf.math.erf(x / math.sqrt(2.0))),
+    "gelu_fast": lambda x: 0.5 * x * (1.0 + tf.tanh(x * 0.7978845608 * (1.0 + 0.044715 * x * x))),
+    "quick_gelu": lambda x: x * tf.sigmoid(1.702 * x),
+    "relu": tf.nn.relu,
+    "silu": lambda x: x * tf.sigmoid(x),
+    "swish": lambda x: x * tf.sigmoid(x),
+    "tanh": tf.tanh,
+    "sigmoid": tf.sigmoid,
+    "linear": lambda x: x,
+}
+
+
+def leading_pads(attention_mask: tf.Tensor) -> tf.Tensor:
+    """(B,) number of leading padding tokens: the index of each row's first attended token, S for a row of padding."""
+    mask = tf.convert_to_tensor(attention_mask)
+    S = tf.shape(mask)[-1]
+    return tf.reduce_min(tf.where(mask != 0, tf.range(S)[None, :], S), axis=-1)  # (B,)
+
+
+def position_ids_from_attention_mask(
+    attention_mask: tf.Tensor, query_length: Any, start: Any = None
+) -> tf.Tensor:
+    """gpt2_core.reference.position_ids_from_attention_mask: `max(0, index - leading_pads)`, last T columns.
+
+    `start` picks columns [start, start + T) instead (a preallocated cache, where the mask covers the buffer).
+    """
+    S = tf.shape(attention_mask)[-1]
+    pos = tf.maximum(tf.range(S)[None, :] - leading_pads(attention_mask)[:, None], 0)  # (B, S)
+    if start is None:
+        return pos[:, S - query_length :]
+    # a gather, not a slice: a slice at a loop-varying start has no static size, and XLA then pads the whole
+    # step to the buffer length
+    return tf.gather(pos, start + tf.range(query_length), axis=1)
+
+
+def _dense(units: int, in_dim: int, use_bias: bool = True, dtype: Any = None) -> keras.layers.Dense:
+    # zeros: the real values come from gpt2_core.reference.init_params (or a checkpoint) right after
+    layer = keras.layers.Dense(units, use_bias=use_bias, kernel_initializer="zeros", dtype=dtype)
+    layer.build((None, in_dim))
+    return layer
+
+
+def _layer_norm(config: GPT2Config, dtype: Any = None) -> keras.layers.LayerNormalization:
+    layer = keras.layers.LayerNormalization(epsilon=config.layer_norm_epsilon, dtype=dtype)
+    layer.build((None, config.n_embd))
+    return layer
+
+
+def _embedding(rows: int, config: GPT2Config, dtype: Any = None) -> keras.layers.Embedding:
+    layer = keras.layers.Embedding(rows, config.n_embd, embeddings_initializer="zeros", dtype=dtype)
+    layer.build()
+    return layer
+
+
+def _dropout(rate: float | None, dtype: Any = None) -> keras.layers.Dropout:
+    layer = keras.layers.Dropout(float(rate or 0.0), dtype=dtype)
+    layer.build(None)
+    return layer
+
+
+def _update_cache(buffer: tf.Tensor, new: tf.Tensor, index: Any) -> tf.Tensor:
+    """Write `new` (B, N, T, H) into `buffer` (B, N, S_max, H) at slots [index, index + T) (XLA's
+    dynamic-update-slice, in place inside the compiled decode loop)."""
+    return keras.ops.slice_update(buffer, (0, 0, index, 0), tf.cast(new, buffer.dtype))
+
+
+class TFGPT2Attention(keras.layers.Layer):
+    """Multi-head (self or cross) attention.
+
+    Args:
+        config: The model config.
+        layer_idx: Index of the block (for `scale_attn_by_inverse_layer_idx`).
+        is_cross_attention: Queries from the decoder, keys and values from `encoder_hidden_states`.
+    """
+
+    def __init__(self, config: GPT2Config, layer_idx: int, is_cross_attention: bool = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        C = config.n_embd
+        self.n_head = config.n_head
+        self.head_dim = config.head_dim
+        self.is_cross_attention = is_cross_attention
+        self.scale = reference.attention_scale(config, layer_idx)
+        self.reorder_and_upcast_attn = config.reorder_and_upcast_attn
+        if is_cross_attention:
+            self.c_attn = _dense(2 * C, C, dtype=self.dtype_policy)
+            self.q_attn = _dense(C, C, dtype=self.dtype_policy)
+        else:
+            self.c_attn = _dense(3 * C, C, dtype=self.dtype_policy)
+        self.c_proj = _dense(C, C, dtype=self.dtype_policy)
+        self.attn_dropout = _dropout(config.attn_pdrop, self.dtype_policy)
+        self.resid_dropout = _dropout(config.resid_pdrop, self.dtype_policy)
+        self.built = True
+
+    def _split_heads(self, x: tf.Tensor) -> tf.Tensor:
+        B, T = tf.shape(x)[0], tf.shape(x)[1]
+        return tf.transpose(tf.reshape(x, (B, T, self.n_head, self.head_dim)), (0, 2, 1, 3))  # (B, N, T, H)
+
+    def call(
+        self,
+        x: tf.Tensor,
+        layer_past: tuple[tf.Tensor, tf.Tensor] | None = None,
+        causal: tf.Tensor | None = None,
+        key_ok: tf.Tensor | None = None,
+        encoder_hidden_states: tf.Tensor | None = None,
+        cache_index: Any = None,
+        training: bool = False,
+    ) -> tuple[tf.Tensor, tuple[tf.Tensor, tf.Tensor] | None, tf.Tensor]:
+        B, T, C = tf.shape(x)[0], tf.shape(x)[1], x.shape[-1]
+        if self.is_cross_attention:
+            q = self.q_attn(x)
+            k, v = tf.split(self.c_attn(encoder_hidden_states), 2, axis=2)
+        else:
+            q, k, v = tf.split(self.c_attn(x), 3, axis=2)
+        q, k, v = self._split_heads(q), self._split_heads(k), self._split_heads(v)  # (B, N, T, H)
+        if layer_past is not None and cache_index is None:
+            k = tf.concat([tf.cast(layer_past[0], k.dtype), k], axis=2)  # (B, N, S, H)
+            v = tf.concat([tf.cast(layer_past[1], v.dtype), v], axis=2)
+        elif layer_past is not None:
+            # preallocated cache (gpt2_tf.generation): write at cache_index, attend over the whole buffer
+            k = _update_cache(layer_past[0], k, cache_index)  # (B, N, S_max, H)
+            v = _update_cache(layer_past[1], v, cache_index)
+        present = None if self.is_cross_attention else (k, v)
+        if self.reorder_and_upcast_attn:
+            # Mistral: scale q before the product and keep scores and softmax in float32 (fp16/bf16 stability).
+            q32, k32 = tf.cast(q, tf.float32), tf.cast(k, tf.float32)
+            att = tf.matmul(q32 * self.scale, k32, transpose_b=True)  # (B, N, T, S)
+        else:
+            att = tf.matmul(q, k, transpose_b=True) * tf.cast(self.scale, q.dtype)  # (B, N, T, S)
+        # gpt2_core.reference: padding keys -> finfo.min / 2, future keys -> finfo.min (replace, not add)
+        if key_ok is not None:
+            att = tf.where(key_ok, att, tf.constant(att.dtype.min / 2, att.dtype))
+        if causal is not None:
+            att = tf.where(causal, att, tf.constant(att.dtype.min, att.dtype))
+        att = tf.cast(tf.nn.softmax(att, axis=-1), v.dtype)
+        att = self.attn_dropout(att, training=training)
+        y = tf.matmul(att, v)  # (B, N, T, H)
+        y = tf.reshape(tf.transpose(y, (0, 2, 1, 3)), (B, T, C))
+        y = self.resid_dropout(self.c_proj(y), training=training)
+        return y, present, att
+
+
+class TFGPT2MLP(keras.layers.Layer):
+    """The feed-forward block: c_fc, activation, c_proj.
+
+    Args:
+        config: The model config (`n_inner`, `activation_function`, `resid_pdrop`).
+    """
+
+    def __init__(self, config: GPT2Config, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.c_fc = _dense(config.inner_dim, config.n_embd, dtype=self.dtype_policy)
+        self.c_proj = _dense(config.n_embd, config.inner_dim, dtype=self.dtype_policy)
+        self.act = ACT2FN[config.activation_function]
+        self.dropout = _dropout(config.resid_pdrop, self.dtype_policy)
+        self.built = True
+
+    def call(self, x: tf.Tensor, training: bool = False) -> tf.Tensor:
+        return self.dropout(self.c_proj(self.act(self.c_fc(x))), training=training)
+
+
+class TFGPT2Block(keras.layers.Layer):
+    """Pre-LayerNorm transformer block: attention (+ cross-attention) and MLP, each on a residual.
+
+    Args:
+        config: The model config.
+        layer_idx: Index of the block.
+    """
+
+    def __init__(self, config: GPT2Config, layer_idx: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.ln_1 = _layer_norm(config, self.dtype_policy)
+        self.attn = TFGPT2Attention(config, layer_idx, dtype=self.dtype_policy)
+        if config.add_cross_attention:
+            self.crossattention = TFGPT2Attention(config, layer_idx, is_cross_attention=True, dtype=self.dtype_policy)
+            self.ln_cross_attn = _layer_norm(config, self.dtype_policy)
+        self.ln_2 = _layer_norm(config, self.dtype_policy)
+        self.mlp = TFGPT2MLP(config, dtype=self.dtype_policy)
+        self.built = True
+
+    def call(
+        self,
+        x: tf.Tensor,
+        layer_past: tuple[tf.Tensor, tf.Tensor] | None = None,
+        causal: tf.Tensor | None = None,
+        key_ok: tf.Tensor | None = None,
+        encoder_hidden_states: tf.Tensor | None = None,
+        encoder_key_ok: tf.Tensor | None = None,
+        cache_index: Any = None,
+        training: bool = False,
+    ) -> tuple[tf.Tensor, Any, tf.Tensor, tf.Tensor | None]:
+        y, present, att = self.attn(
+            self.ln_1(x),
+            layer_past=layer_past,
+            causal=causal,
+            key_ok=key_ok,
+            cache_index=cache_index,
+            training=training,
+        )
+        x = x + y
+        cross_att = None
+        if encoder_hidden_states is not None:
+            if not hasattr(self, "crossattention"):
+                raise _no_cross_attention_error()
+            y, _, cross_att = self.crossattention(
+                self.ln_cross_attn(x),
+                key_ok=encoder_key_ok,
+                encoder_hidden_states=encoder_hidden_states,
+                training=training,
+            )
+            x = x + y
+        x = x + self.mlp(self.ln_2(x), training=training)
+        return x, present, att, cross_att
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Shared model machinery
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _shape(t: Any) -> tuple | None:
+    if t is None:
+        return None
+    return tuple(t.shape) if tf.is_tensor(t) else np.shape(t)
+
+
+def _min_max(t: Any) -> np.ndarray | None:
+    # Two numbers are enough for the range checks; None when the values are symbolic (inside a graph).
+    if t is None or (tf.is_tensor(t) and not (tf.executing_eagerly() and hasattr(t, "numpy"))):
+        return None
+    if not tf.is_tensor(t):
+        t = np.asarray(t)
+        return t.reshape(0).astype(np.int64) if t.size == 0 else np.array([t.min(), t.max()], np.int64)
+    if int(tf.size(t)) == 0:
+        return np.zeros((0,), dtype=np.int64)
+    return np.array([int(tf.reduce_min(t)), int(tf.reduce_max(t))])
+
+
+def _fold(shape: tuple | None, rank: int) -> tuple | None:
+    # leading dims beyond batch (the multiple-choice head's choices) fold into the batch, as the body does
+    if shape is None or len(shape) <= rank or None in shape:
+        return shape
+    return (int(np.prod(shape[: len(shape) - rank + 1])), *shape[len(shape) - rank + 1 :])
+
+
+def _no_cross_attention_error() -> ValueError:
+    return ValueError(
+        "encoder_hidden_states were passed but the model has no cross-attention. "
+        "Received: config.add_cross_attention=False. Build the model with add_cross_attention=True."
+    )
+
+
+def _no_pad_token_error(batch_size: Any) -> ValueError:
+    return ValueError(
+        f"Cannot pick each row's last token without a padding token. Received: batch size {batch_size}, "
+        "config.pad_token_id=None. Set config.pad_token_id (e.g. to the tokenizer's pad/eos id)."
+    )
+
+
+@functools.lru_cache(maxsize=None)
+def _call_signature(cls: type) -> inspect.Signature:
+    return inspect.signature(cls.call)
+
+
+def _check_call(model: "TFGPT2PreTrainedModel", arguments: Mapping[str, Any]) -> None:
+    """gpt2_core.checks on a call's inputs, before Keras runs `call` (Keras rewraps errors raised inside it).
+
+    Shapes are checked when static, values (token and position id ranges) when concrete (eager); inside a graph
+    traced with unknown dims (a serving signature) there is nothing static to check.
+    """
+    config = model.config
+    if arguments.get("cache_index") is not None:
+        return  # gpt2_tf.generation's preallocated cache: validated by generate
+    input_ids, inputs_embeds = arguments.get("input_ids"), arguments.get("inputs_embeds")
+    past_key_values = arguments.get("past_key_values")
+    shapes = {
+        "input": _fold(_shape(input_ids), 2),
+        "embeds": _fold(_shape(inputs_embeds), 3),
+        "mask": _fold(_shape(arguments.get("attention_mask")), 2),
+        "position": _fold(_shape(arguments.get("position_ids")), 2),
+        "token_type": _fold(_shape(arguments.get("token_type_ids")), 2),
+        "past": _shape(past_key_values[0][0]) if past_key_values else None,
+    }
+    if arguments.get("encoder_hidden_states") is not None and not config.add_cross_attention:
+        raise _no_cross_attention_error()
+    if any(shape is not None and None in shape for shape in shapes.values()):
+        return
+    first = shapes["input"] if shapes["input"] is not None else shapes["embeds"]
+    B = first[0] if first else None
+    P = checks.check_past_key_values(config, past_key_values, B) if B is not None else 0
+    checks.check_model_inputs(
+        config,
+        input_ids=_min_max(input_ids),
+        input_shape=shapes["input"],
+        inputs_embeds_shape=shapes["embeds"],
+        attention_mask_shape=shapes["mask"],
+        position_ids=_min_max(arguments.get("position_ids")),
+        position_ids_shape=shapes["position"],
+        token_type_ids_shape=shapes["token_type"],
+        past_length=P,
+    )
+    if model.head == "seqcls" and config.pad_token_id is None and B != 1:
+        raise _no_pad_token_error(B)
+
+
+def _as_tensor(value: Any) -> Any:
+    if value is None or isinstance(value, (tf.Tensor, tf.Variable)) or tf.is_tensor(value):
+        return value
+    if isinstance(value, (tuple, list)):
+        return type(value)(_as_tensor(v) for v in value)
+    return tf.convert_to_tensor(value)
+
+
+class TFGPT2PreTrainedModel(keras.Model):
+    """Shared loading, saving, initialisation and Keras training hooks of every GPT-2 class.
+
+    Args:
+        config: The model config.
+        dtype: Keras dtype (policy) of the parameters and computation; float32 by default.
+    """
+
+    head: str = "base"
+
+    def __init__(self, config: GPT2Config, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if not isinstance(config, GPT2Config):
+            raise TypeError(f"config must be a gpt2_core.GPT2Config. Received: type={type(config).__name__}.")
+        self.config = config
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        # Keras style: `model({"input_ids": ..., "labels": ...})`, which is what `fit(x=dict)` passes.
+        if args and isinstance(args[0], Mapping):
+            inputs, args = dict(args[0]), args[1:]
+            clash = sorted(set(inputs) & set(kwargs))
+            if clash or args:
+                raise TypeError(
+                    "Pass inputs either in one dict or as arguments, not both. "
+                    f"Received: keys {sorted(inputs)}, keyword arguments {sorted(kwargs)}, {len(args)} more positional."
+                )
+            kwargs.update(inputs)
+        _check_call(self, _call_signature(type(self)).bind_partial(None, *args, **kwargs).arguments)
+        return super().__call__(*args, **kwargs)
+
+    # -- parameters through gpt2_core.naming ------------------------------------------------------------------
+    def init_weights(self, seed: int | None = None) -> None:
+        """Initialise as transformers does (gpt2_core.reference.init_params). The seed comes from NumPy's global
+        RNG when not given, so `keras.utils.set_random_seed` makes it reproducible."""
+        if seed is None:
+            seed = int(np.random.randint(0, 2**31 - 1))
+        from gpt2_tf.weights import load_canonical
+
+        load_canonical(self, reference.init_params(self.config, self.head, seed))
+
+    def canonical_state_dict(self) -> dict[str, np.ndarray]:
+        """Parameters as a canonical dict (gpt2_core.naming names and layouts), NumPy."""
+        from gpt2_tf.weights import canonical_state_dict
+
+        return canonical_state_dict(self)
+
+    def load_canonical(self, canonical: Mapping[str, np.ndarray]) -> None:
+        from gpt2_tf.weights import load_canonical
+
+        load_canonical(self, canonical)
+
+    @classmethod
+    def from_config(cls, config: GPT2Config | Mapping[str, Any], seed: int | None = None, custom_objects: Any = None):
+        """A new model of `config` (a GPT2Config, or the dict `get_config` returns: Keras deserialisation)."""
+        if isinstance(config, Mapping):
+            config = dict(config)
+            gpt2 = config.pop("config", None)
+            config = GPT2Config.from_dict(gpt2 if gpt2 is not None else config)
+        return cls(config, seed=seed)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"config": self.config.to_dict(), "name": self.name}
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        *,
+        config: GPT2Config | None = None,
+        dtype: Any = None,
+        **hub_kwargs: Any,
+    ) -> "TFGPT2PreTrainedModel":
+        """Load `config.json` + weights (`model.safetensors`, sharded or not, `pytorch_model.bin`, or a transformers
+        4.x `tf_model.h5` through `weights_convert`) from a local directory or a Hub id. Heads missing from the
+        checkpoint (a base checkpoint loaded into a classifier) are initialised and logged, as transformers does.
+
+        Args:
+            pretrained_model_name_or_path: Local directory or Hub id (e.g. `openai-community/gpt2`).
+            config: Use this config instead of the checkpoint's `config.json`.
+            dtype: Keras dtype of the model (`"float32"`, `"bfloat16"`, `"mixed_bfloat16"`...); float32 by default.
+            **hub_kwargs: `revision`, `cache_dir`, `token`, `local_files_only` for Hub downloads.
+        """
+        from gpt2_tf.weights import load_checkpoint_state
+
+        name = str(pretrained_model_name_or_path)
+        if config is None:
+            config = GPT2Config.from_pretrained(pretrained_model_name_or_path)
+        state = load_checkpoint_state(pretrained_model_name_or_path, config, **hub_kwargs)
+        canonical, missing_head = naming.from_hub_state_dict(state, config, cls.head, source=f"checkpoint {name!r}")
+        model = cls(config, seed=SKIP_INIT, dtype=dtype)
+        if missing_head:
+            logger.warning(
+                "%s: %s not in the checkpoint; newly initialised. Train the model before using it for predictions.",
+                cls.__name__,
+                missing_head,
+            )
+            init = reference.init_params(config, cls.head, int(np.random.randint(0, 2**31 - 1)))
+            canonical.update({k: init[k] for k in missing_head})
+        model.load_canonical(canonical)
+        return model
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *, max_shard_size: int | str | None = None) -> None:
+        """Write `config.json` + `model.safetensors` (sharded above `max_shard_size`) that transformers loads."""
+        from gpt2_core.hub import save_safetensors
+
+        directory = Path(save_directory)
+        config = self.config.copy()
+        config.extra["architectures"] = [type(self).__name__[2:]]  # the PyTorch class transformers builds
+        state = naming.to_hub_state_dict(self.canonical_state_dict(), self.head)
+        config.extra["dtype"] = str(next(iter(state.values())).dtype)  # what the file holds
+        save_safetensors(state, directory, max_shard_size=max_shard_size)
+        config.save_pretrained(directory)
+
+    def num_parameters(self) -> int:
+        return int(sum(np.prod(v.shape) for v in self.weights))
+
+    # -- Keras training: the model's own loss ------------------------------------------------------------------
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """The loss `fit` minimises: the loss the model computed from the labels in `x` (`model.compile(optimizer)`
+        with no loss). With `compile(loss=...)`, that loss on the output's logits and `y`. For the LM heads, `y`
+        alone (`fit(x=ids, y=ids)`) also works: it is taken as `labels`."""
+        if self._compile_loss is not None:
+            logits = getattr(y_pred, "logits", y_pred)
+            return super().compute_loss(x=x, y=y, y_pred=logits, sample_weight=sample_weight, training=training)
+        loss = getattr(y_pred, "loss", None)
+        if loss is None and y is not None and self.head in ("lm", "double"):
+            loss = lm_loss(y_pred.logits, y)
+        if loss is None:
+            raise ValueError(
+                "No loss to train on: the inputs hold no labels and compile() got no loss. Received: x keys "
+                f"{sorted(x) if isinstance(x, Mapping) else type(x).__name__}, y={'None' if y is None else 'given'}. "
+                "Pass labels (fit(x={'input_ids': ..., 'labels': ...})) or compile(loss=...)."
+            )
+        return loss + tf.add_n(self.losses) if self.losses else loss
+
+    def predict_step(self, data: Any) -> dict[str, tf.Tensor]:
+        """`model.predict`: the output's tensors (not the cache) as a dict, which Keras concatenates over batches."""
+        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+        out = self(x, training=False) if isinstance(x, Mapping) else self(input_ids=x, training=False)
+        return {k: v for k, v in out.items() if k != "past_key_values" and tf.is_tensor(v)}
+
+    # -- SavedModel ---------------------------------------------------------------------------------------------
+    @tf.function(
+        input_signature=[
+            {
+                "input_ids": tf.TensorSpec((None, None), tf.int32, name="input_ids"),
+                "attention_mask": tf.TensorSpec((None, None), tf.int32, name="attention_mask"),
+            }
+        ]
+    )
+    def serving(self, inputs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        """Serving signature: `tf.saved_model.save(model, path, signatures=model.serving)`."""
+        kwargs = dict(inputs)
+        if self.head == "double":  # (B, T) -> one choice each
+            kwargs = {k: v[:, None, :] for k, v in kwargs.items()}
+        out = self(**kwargs, use_cache=False, training=False)
+        return {k: v for k, v in out.items() if tf.is_tensor(v)}
+
+
+# `seed=SKIP_INIT`: leave the (zero) weights for the caller to load: a task model's body, `from_pretrained`.
+SKIP_INIT = -1
+
+
+def _finish_init(model: TFGPT2PreTrainedModel, seed: int | None) -> None:
+    model.built = True
+    if seed != SKIP_INIT:
+        model.init_weights(seed)
+
+
+class TFGPT2Model(TFGPT2PreTrainedModel):
+    """The bare GPT-2 transformer: embeddings, blocks, final LayerNorm.
+
+    Args:
+        config: The model config.
+        seed: Initialise the weights from `gpt2_core.reference.init_params` with this seed; None draws one from
+            NumPy's RNG (as a task model's body the weights come from the task model).
+    """
+
+    head = "base"
+
+    def __init__(self, config: GPT2Config, seed: int | None = None, **kwargs: Any) -> None:
+        super().__init__(config, **kwargs)
+        self.wte = _embedding(config.vocab_size, config, self.dtype_policy)
+        self.wpe = _embedding(config.n_positions, config, self.dtype_policy)
+        self.drop = _dropout(config.embd_pdrop, self.dtype_policy)
+        self.h = [TFGPT2Block(config, i, dtype=self.dtype_policy) for i in range(config.n_layer)]
+        self.ln_f = _layer_norm(config, self.dtype_policy)
+        self.built = True
+        _finish_init(self, seed)
+
+    def get_input_embeddings(self) -> keras.layers.Embedding:
+        return self.wte
+
+    def call(
+        self,
+        input_ids: tf.Tensor | None = None,
+        past_key_values: tuple[tuple[tf.Tensor, tf.Tensor], ...] | None = None,
+        attention_mask: tf.Tensor | None = None,
+        token_type_ids: tf.Tensor | None = None,
+        position_ids: tf.Tensor | None = None,
+        inputs_embeds: tf.Tensor | None = None,
+        encoder_hidden_states: tf.Tensor | None = None,
+        encoder_attention_mask: tf.Tensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool = True,
+        training: bool = False,
+        cache_index: Any = None,
+    ) -> BaseModelOutputWithPastAndCrossAttentions:
+        """Forward pass, transformers' arguments. `cache_index` (internal, gpt2_tf.generation): `past_key_values`
+        are preallocated buffers and `attention_mask` covers the whole buffer; the new tokens sit at `cache_index`."""
+        config = self.config
+        use_cache = config.use_cache if use_cache is None else use_cache
+        input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds = (
+            _as_tensor(t) for t in (input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds)
+        )
+        past_key_values = _as_tensor(past_key_values)
+        encoder_hidden_states = _as_tensor(encoder_hidden_states)
+        encoder_attention_mask = _as_tensor(encoder_attention_mask)
+        # Leading dims beyond batch (the multiple-choice head's choices) fold into the batch, as in transformers.
+        lead_shape = None
+        if input_ids is not None and input_ids.shape.rank > 2:
+            lead_shape = tf.shape(input_ids)[:-1]
+            input_ids = tf.reshape(input_ids, (-1, tf.shape(input_ids)[-1]))
+        if inputs_embeds is not None and inputs_embeds.shape.rank > 3:
+            lead_shape = tf.shape(inputs_embeds)[:-2]
+            inputs_embeds = tf.reshape(inputs_embeds, (-1, *inputs_embeds.shape[-2:]))
+        if lead_shape is not None:
+            fold = lambda t: None if t is None else tf.reshape(t, (-1, tf.shape(t)[-1]))  # noqa: E731
+            attention_mask, token_type_ids = fold(attention_mask), fold(token_type_ids)
+            position_ids = fold(position_ids)
+        if inputs_embeds is None:
+            inputs_embeds = self.wte(input_ids)  # (B, T, C)
+        T = inputs_embeds.shape[1] if inputs_embeds.shape[1] is not None else tf.shape(inputs_embeds)[1]
+        if cache_index is not None:
+            P, S = cache_index, tf.shape(past_key_values[0][0])[2]  # the buffer: S = S_max
+        else:
+            P = 0 if past_key_values is None else tf.shape(past_key_values[0][0])[2]
+            S = P + T
+        if position_ids is None:
+            if attention_mask is not None:
+                position_ids = position_ids_from_attention_mask(attention_mask, T, start=cache_index)
+            else:
+                position_ids = tf.range(P, P + T)[None, :]
+        x = inputs_embeds + self.wpe(position_ids)
+        if token_type_ids is not None:
+            x = x + self.wte(token_type_ids)
+        x = self.drop(x, training=training)
+
+        # causal[t, s]: key s is not in query t's future; key_ok[b, 0, 0, s]: key s is not padding
+        causal = tf.range(S)[None, :] <= (P + tf.range(T))[:, None]  # (T, S)
+        key_ok = None if attention_mask is None else (attention_mask != 0)[:, None, None, :]  # (B, 1, 1, S)
+        encoder_key_ok = None
+        if encoder_hidden_states is not None and encoder_attention_mask is not None:
+            encoder_key_ok = (encoder_attention_mask != 0)[:, None, None, :]  # (B, 1, 1, S_enc)
+
+        presents = [] if use_cache else None
+        all_hidden = [x] if output_hidden_states else None
+        all_att = [] if output_attentions else None
+        all_cross = [] if (output_attentions and encoder_hidden_states is not None) else None
+        for i, block in enumerate(self.h):
+            layer_past = past_key_values[i] if past_key_values is not None else None
+            x, present, att, cross_att = block(
+                x,
+                layer_past=layer_past,
+                causal=causal,
+                key_ok=key_ok,
+                encoder_hidden_states=encoder_hidden_states,
+                encoder_key_ok=encoder_key_ok,
+                cache_index=cache_index,
+                training=training,
+            )
+            if use_cache:
+                presents.append(present)
+            if output_attentions:
+                all_att.append(att)
+                if all_cross is not None:
+                    all_cross.append(cross_att)
+            if output_hidden_states:
+                all_hidden.append(x)
+        x = self.ln_f(x)
+        if output_hidden_states:
+            all_hidden[-1] = x  # transformers reports the last block's output after ln_f
+        if lead_shape is not None:
+            # like transformers v5: last_hidden_state regains the choices dim; the other hidden states stay flat
+            x = tf.reshape(x, tf.concat([lead_shape, tf.shape(x)[-2:]], 0))
+            if output_hidden_states:
+                all_hidden[-1] = x
+        return BaseModelOutputWithPastAndCrossAttentions(
+            last_hidden_state=x,
+            past_key_values=tuple(presents) if use_cache else None,
+            hidden_states=tuple(all_hidden) if output_hidden_states else None,
+            attentions=tuple(all_att) if output_attentions else None,
+            cross_attentions=tuple(all_cross) if all_cross is not None else None,
+        )
+
+
+def _lm_head(config: GPT2Config, dtype: Any) -> keras.layers.Dense | None:
+    # Tied: the head is wte's embedding matrix (a transposed matmul), no variable of its own.
+    return None if config.tie_word_embeddings else _dense(config.vocab_size, config.n_embd, False, dtype)
+
+
+# HF TF name of the body; here the body is TFGPT2Model itself (as GPT2Model is in PyTorch).
+TFGPT2MainLayer = TFGPT2Model
+
+
+class TFGPT2LMHeadModel(TFGPT2PreTrainedModel):
+    """GPT-2 with a language-modeling head (tied to the token embedding unless `tie_word_embeddings=False`).
+
+    Args:
+        config: The model config.
+        seed: Seed of the initial weights (gpt2_core.reference.init_params); None draws one from NumPy's RNG.
+    """
+
+    head = "lm"
+
+    def __init__(self, config: GPT2Config, seed: int | None = None, **kwargs: Any) -> None:
+        super().__init__(config, **kwargs)
+        self.transformer = TFGPT2Model(config, seed=SKIP_INIT, dtype=self.dtype_policy)
+        self.lm_head = _lm_head(config, self.dtype_policy)
+        _finish_init(self, seed)
+
+    def lm_logits(self, hidden: tf.Tensor) -> tf.Tensor:
+        """(..., C) -> (..., V) through the LM head."""
+        if self.lm_head is None:
+            return tf.matmul(hidden, tf.cast(self.transformer.wte.embeddings, hidden.dtype), transpose_b=True)
+        return self.lm_head(hidden)
+
+    def call(
+        self,
+        input_ids: tf.Tensor | None = None,
+        past_key_values: tuple[tuple[tf.Tensor, tf.Tensor], ...] | None = None,
+        attention_mask: tf.Tensor | None = None,
+        token_type_ids: tf.Tensor | None = None,
+        position_ids: tf.Tensor | None = None,
+        inputs_embeds: tf.Tensor | None = None,
+        encoder_hidden_states: tf.Tensor | None = None,
+        encoder_attention_mask: tf.Tensor | None = None,
+        labels: tf.Tensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool = True,
+        training: bool = False,
+    ) -> CausalLMOutputWithCrossAttentions:
+        out = self.transformer(
+            input_ids=input_ids,
+            past_key_values=past_key_values,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            encoder_hidden_states=encoder_hidden_states,
+            encoder_attention_mask=encoder_attention_mask,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            training=training,
+        )
+        logits = self.lm_logits(out.last_hidden_state)  # (B, T, V)
+        loss = None
+        if labels is not None:
+            loss = lm_loss(logits, labels)
+        return CausalLMOutputWithCrossAttentions(
+            loss=loss,
+            logits=logits,
+            past_key_values=out.past_key_values,
+            hidden_states=out.hidden_states,
+            attentions=out.attentions,
+            cross_attentions=out.cross_attentions,
+        )
+
+    def generate(self, input_ids: Any, **kwargs: Any) -> tf.Tensor:
+        """XLA-compiled cached decoding; see `gpt2_tf.generation.generate` for the arguments."""
+        from gpt2_tf.generation import generate
+
+        return generate(self, input_ids, **kwargs)
+
+
+def _cross_entropy(logits: tf.Tensor, labels: tf.Tensor, ignore_index: Any = None) -> tf.Tensor:
+    """Mean cross entropy in float32 over labels != ignore_index (torch.nn.functional.cross_entropy); 0/0 = nan."""
+    logits = tf.cast(tf.reshape(logits, (-1, tf.shape(logits)[-1])), tf.float32)
+    labels = tf.cast(tf.reshape(labels, (-1,)), tf.int32)
+    if ignore_index is None:
+        return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits))
+    keep = labels != tf.cast(ignore_index, tf.int32)
+    losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.where(keep, labels, 0), logits=logits)
+    keep = tf.cast(keep, tf.float32)
+    return tf.reduce_sum(losses * keep) / tf.reduce_sum(keep)
+
+
+def lm_loss(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+    """gpt2_core.reference.lm_loss: shift inside, ignore -100, mean in float32."""
+    labels = tf.convert_to_tensor(labels)
+    return _cross_entropy(logits[..., :-1, :], labels[..., 1:], reference.IGNORE_INDEX)
+
+
+class TFGPT2SequenceSummary(keras.layers.Layer):
+    """transformers' GPT2SequenceSummary: pool one vector per sequence (the multiple-choice head).
+
+    Args:
+        config: The model config (`summary_*` fields).
+    """
+
+    def __init__(self, config: GPT2Config, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.summary_type = config.summary_type
+        self.summary = None
+        if config.summary_use_proj:
+            n = 1 if config.summary_proj_to_labels else config.n_embd
+            self.summary = _dense(n, config.n_embd, dtype=self.dtype_policy)
+        self.activation = tf.tanh if config.summary_activation == "tanh" else (lambda x: x)
+        self.first_dropout = _dropout(config.summary_first_dropout, self.dtype_policy)
+        self.built = True
+
+    def call(self, hidden_states: tf.Tensor, cls_index: tf.Tensor | None = None, training: bool = False) -> tf.Tensor:
+        if self.summary_type == "last":
+            x = hidden_states[..., -1, :]
+        elif self.summary_type == "first":
+            x = hidden_states[..., 0, :]
+        elif self.summary_type == "mean":
+            x = tf.reduce_mean(hidden_states, axis=-2)
+        elif cls_index is None:
+            x = hidden_states[..., -1, :]
+        else:
+            cls_index = tf.cast(cls_index, tf.int32)
+            rank = cls_index.shape.rank
+            x = tf.gather(hidden_states, cls_index, axis=rank, batch_dims=rank)  # (..., C)
+        x = self.first_dropout(x, training=training)
+        if self.summary is not None:
+            x = self.summary(x)
+        return self.activation(x)
+
+
+class TFGPT2DoubleHeadsModel(TFGPT2PreTrainedModel):
+    """GPT-2 with a language-modeling head and a multiple-choice head (RocStories/SWAG style).
+
+    Args:
+        config: The model config; as in transformers, `num_labels` is set to 1.
+        seed: Seed of the initial weights; None draws one from NumPy's RNG.
+    """
+
+    head = "double"
+
+    def __init__(self, config: GPT2Config, seed: int | None = None, **kwargs: Any) -> None:
+        config.num_labels = 1
+        super().__init__(config, **kwargs)
+        self.transformer = TFGPT2Model(config, seed=SKIP_INIT, dtype=self.dtype_policy)
+        self.lm_head = _lm_head(config, self.dtype_policy)
+        self.multiple_choice_head = TFGPT2SequenceSummary(config, dtype=self.dtype_policy)
+        _finish_init(self, seed)
+
+    lm_logits = TFGPT2LMHeadModel.lm_logits
+
+    def call(
+        self,
+        input_ids: tf.Tensor | None = None,
+        past_key_values: tuple[tuple[tf.Tensor, tf.Tensor], ...] | None = None,
+        attention_mask: tf.Tensor | None = None,
+        token_type_ids: tf.Tensor | None = None,
+        position_ids: tf.Tensor | None = None,
+        inputs_embeds: tf.Tensor | None = None,
+        mc_token_ids: tf.Tensor | None = None,
+        labels: tf.Tensor | None = None,
+        mc_labels: tf.Tensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool = True,
+        training: bool = False,
+    ) -> GPT2DoubleHeadsModelOutput:
+        out = self.transformer(
+            input_ids=input_ids,
+            past_key_values=past_key_values,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            training=training,
+        )
+        hidden = out.last_hidden_state  # (B, choices, T, C)
+        logits = self.lm_logits(hidden)
+        mc_logits = self.multiple_choice_head(hidden, cls_index=mc_token_ids, training=training)
+        mc_logits = tf.squeeze(mc_logits, -1)  # (B, choices)
+        mc_loss = None
+        if mc_labels is not None:
+            mc_loss = _cross_entropy(mc_logits, mc_labels)
+        loss = None
+        if labels is not None:
+            loss = lm_loss(logits, labels)
+        return GPT2DoubleHeadsModelOutput(
+            loss=loss,
+            mc_loss=mc_loss,
+            logits=logits,
+            mc_logits=mc_logits,
+            past_key_values=out.past_key_values,
+            hidden_states=out.hidden_states,
+            attentions=out.attentions,
+        )
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """Both heads train together: the LM loss plus the multiple-choice loss, whichever labels are given."""
+        if self._compile_loss is None and y_pred is not None and y_pred.mc_loss is not None:
+            return y_pred.mc_loss if y_pred.loss is None else y_pred.loss + y_pred.mc_loss
+        return super().compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training)
+
+
+class TFGPT2ForSequenceClassification(TFGPT2PreTrainedModel):
+    """GPT-2 with a linear classifier on the last non-padding token (`config.pad_token_id`).
+
+    Args:
+        config: The model config (`num_labels`, `pad_token_id`, `problem_type`).
+        seed: Seed of the initial weights; None draws one from NumPy's RNG.
+    """
+
+    head = "seqcls"
+
+    def __init__(self, config: GPT2Config, seed: int | None = None, **kwargs: Any) -> None:
+        super().__init__(config, **kwargs)
+        self.num_labels = config.num_labels
+        self.transformer = TFGPT2Model(config, seed=SKIP_INIT, dtype=self.dtype_policy)
+        self.score = _dense(config.num_labels, config.n_embd, False, self.dtype_policy)
+        _finish_init(self, seed)
+
+    def call(
+        self,
+        input_ids: tf.Tensor | None = None,
+        past_key_values: tuple[tuple[tf.Tensor, tf.Tensor], ...] | None = None,
+        attention_mask: tf.Tensor | None = None,
+        token_type_ids: tf.Tensor | None = None,
+        position_ids: tf.Tensor | None = None,
+        inputs_embeds: tf.Tensor | None = None,
+        labels: tf.Tensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool = True,
+        training: bool = False,
+    ) -> SequenceClassifierOutputWithPast:
+        input_ids = _as_tensor(input_ids)
+        out = self.transformer(
+            input_ids=input_ids,
+            past_key_values=past_key_values,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            training=training,
+        )
+        logits = self.score(out.last_hidden_state)  # (B, T, L)
+        B, T = logits.shape[0], tf.shape(logits)[1]
+        if self.config.pad_token_id is None and B != 1:
+            raise _no_pad_token_error(B)
+        if self.config.pad_token_id is None or input_ids is None:
+            last = tf.fill(tf.shape(logits)[:1], T - 1)
+        else:
+            # the rightmost non-padding index (0 for a row of padding), as reference.last_non_pad_index
+            non_pad = tf.cast(input_ids != self.config.pad_token_id, tf.int32)
+            last = tf.reduce_max(tf.range(T)[None, :] * non_pad, axis=-1)
+        pooled = tf.gather(logits, last, axis=1, batch_dims=1)  # (B, L)
+        loss = None
+        if labels is not None:
+            labels = tf.convert_to_tensor(labels)
+            dtype = np.int64 if labels.dtype.is_integer else np.float32
+            kind = reference.problem_type(self.config, np.zeros((), dtype=dtype))
+            if kind == "regression":
+                y = tf.cast(labels, tf.float32)
+                p = tf.cast(pooled, tf.float32)
+                if self.num_labels == 1:
+                    p, y = tf.reshape(p, (-1,)), tf.reshape(y, (-1,))
+                loss = tf.reduce_mean(tf.square(p - y))
+            elif kind == "single_label_classification":
+                loss = _cross_entropy(pooled, labels)
+            else:
+                y, p = tf.cast(labels, tf.float32), tf.cast(pooled, tf.float32)
+                loss = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=y, logits=p))
+        return SequenceClassifierOutputWithPast(
+            loss=loss,
+            logits=pooled,
+            past_key_values=out.past_key_values,
+            hidden_states=out.hidden_states,
+            attentions=out.attentions,
+        )
+
+
+class TFGPT2ForTokenClassification(TFGPT2PreTrainedModel):
+    """GPT-2 with a linear classifier on every token.
+
+    Args:
+        config: The model config (`num_labels`, `classifier_dropout`).
+        seed: Seed of the initial weights; None draws one from NumPy's RNG.
+    """
+
+    head = "tokcls"
+
+    def __init__(self, config: GPT2Config, seed: int | None = None, **kwargs: Any) -> None:
+        super().__init__(config, **kwargs)
+        self.num_labels = config.num_labels
+        self.transformer = TFGPT2Model(config, seed=SKIP_INIT, dtype=self.dtype_policy)
+        p = config.classifier_dropout if config.classifier_dropout is not None else 0.1
+        self.dropout = _dropout(p, self.dtype_policy)
+        self.classifier = _dense(config.num_labels, config.n_embd, dtype=self.dtype_policy)
+        _finish_init(self, seed)
+
+    def call(
+        self,
+        input_ids: tf.Tensor | None = None,
+        past_key_values: tuple[tuple[tf.Tensor, tf.Tensor], ...] | None = None,
+        attention_mask: tf.Tensor | None = None,
+        token_type_ids: tf.Tensor | None = None,
+        position_ids: tf.Tensor | None = None,
+        inputs_embeds: tf.Tensor | None = None,
+        labels: tf.Tensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool = True,
+        training: bool = False,
+    ) -> TokenClassifierOutput:
+        out = self.transformer(
+            input_ids=input_ids,
+            past_key_values=past_key_values,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            training=training,
+        )
+        logits = self.classifier(self.dropout(out.last_hidden_state, training=training))  # (B, T, L)
+        loss = None
+        if labels is not None:
+            loss = _cross_entropy(logits, labels, reference.IGNORE_INDEX)
+        return TokenClassifierOutput(
+            loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions
+        )
+
+
+class TFGPT2ForQuestionAnswering(TFGPT2PreTrainedModel):
+    """GPT-2 with a span-extraction head (start and end logits per token).
+
+    Args:
+        config: The model config.
+        seed: Seed of the initial weights; None draws one from NumPy's RNG.
+    """
+
+    head = "qa"
+
+    def __init__(self, config: GPT2Config, seed: int | None = None, **kwargs: Any) -> None:
+        super().__init__(config, **kwargs)
+        self.transformer = TFGPT2Model(config, seed=SKIP_INIT, dtype=self.dtype_policy)
+        self.qa_outputs = _dense(2, config.n_embd, dtype=self.dtype_policy)
+        _finish_init(self, seed)
+
+    def call(
+        self,
+        input_ids: tf.Tensor | None = None,
+        attention_mask: tf.Tensor | None = None,
+        token_type_ids: tf.Tensor | None = None,
+        position_ids: tf.Tensor | None = None,
+        inputs_embeds: tf.Tensor | None = None,
+        start_positions: tf.Tensor | None = None,
+        end_positions: tf.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool = True,
+        training: bool = False,
+    ) -> QuestionAnsweringModelOutput:
+        out = self.transformer(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            use_cache=False,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            training=training,
+        )
+        logits = self.qa_outputs(out.last_hidden_state)  # (B, T, 2)
+        start_logits, end_logits = logits[..., 0], logits[..., 1]
+        loss = None
+        if start_positions is not None and end_positions is not None:
+            ignored = tf.shape(start_logits)[1]
+            start_positions = tf.clip_by_value(tf.reshape(tf.cast(start_positions, tf.int32), (-1,)), 0, ignored)
+            end_positions = tf.clip_by_value(tf.reshape(tf.cast(end_positions, tf.int32), (-1,)), 0, ignored)
+            start_loss = _cross_entropy(start_logits, start_positions, ignored)
+            end_loss = _cross_entropy(end_logits, end_positions, ignored)
+            loss = (start_loss + end_loss) / 2
+        return QuestionAnsweringModelOutput(
+            loss=loss,
+            start_logits=start_logits,
+            end_logits=end_logits,
+            hidden_states=out.hidden_states,
+            attentions=out.attentions,
+        )
+
+
+MODEL_CLASSES = {
+    "base": TFGPT2Model,
+    "lm": TFGPT2LMHeadModel,
+    "double": TFGPT2DoubleHeadsModel,
+    "qa": TFGPT2ForQuestionAnswering,
+    "seqcls": TFGPT2ForSequenceClassification,
+    "tokcls": TFGPT2ForTokenClassification,
+}

@@ -1,0 +1,109 @@
+"""Move parameters between a gpt2_tf model and the canonical dict, through gpt2_core.naming only.
+
+A model's variables are named by dotted attribute path (`transformer.h.0.attn.c_attn.kernel`), found by walking the
+layer tree: custom layers by attribute name (lists by index), Keras' built-in layers by their variables' names
+(`kernel`, `bias`, `gamma`, `beta`, `embeddings`). `gpt2_core.naming` maps those paths to canonical names; nothing
+else knows them. The tied LM head has no variable (it is `wte`'s matrix), so the walk never sees it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import tensorflow as tf
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+import keras  # noqa: E402
+
+from gpt2_core import naming  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+# Keras layers whose variables are leaves, named by the variable's own name.
+_LEAF_LAYERS = (keras.layers.Dense, keras.layers.LayerNormalization, keras.layers.Embedding)
+TF_H5_NAME = "tf_model.h5"
+
+
+def named_variables(model: keras.layers.Layer) -> dict[str, tf.Variable]:
+    """{dotted attribute path: variable} of every parameter of `model`, in attribute order."""
+    out: dict[str, tf.Variable] = {}
+
+    def visit(layer: keras.layers.Layer, path: str) -> None:
+        if isinstance(layer, _LEAF_LAYERS):
+            for variable in layer.weights:
+                out[f"{path}.{variable.name}"] = variable
+            return
+        for name, value in vars(layer).items():
+            if name.startswith("_"):
+                continue
+            prefix = f"{path}.{name}" if path else name
+            if isinstance(value, keras.layers.Layer):
+                visit(value, prefix)
+            elif isinstance(value, (list, tuple)) and value and all(isinstance(v, keras.layers.Layer) for v in value):
+                for i, item in enumerate(value):
+                    visit(item, f"{prefix}.{i}")
+
+    visit(model, "")
+    return out
+
+
+def canonical_state_dict(model) -> dict[str, np.ndarray]:
+    """The model's parameters as canonical NumPy arrays (their own float dtype; bfloat16 widened to float32)."""
+    params = {}
+    for path, variable in named_variables(model).items():
+        value = variable.numpy()
+        if value.dtype.kind not in "fiu":
+            value = value.astype(np.float32)  # bfloat16 (an ml_dtypes type NumPy files cannot hold) -> float32
+        params[path] = value
+    return naming.from_backend(params, "tf", model.config, model.head)
+
+
+def load_canonical(model, canonical: Mapping[str, np.ndarray]) -> None:
+    """Copy a canonical dict into the model. Strict: every parameter set, every shape checked."""
+    expected = naming.canonical_shapes(model.config, model.head)
+    missing = sorted(set(expected) - set(canonical))
+    unexpected = sorted(set(canonical) - set(expected))
+    wrong = [
+        f"{k}: expected {expected[k]}, found {tuple(np.shape(v))}"
+        for k, v in canonical.items()
+        if k in expected and tuple(np.shape(v)) != tuple(expected[k])
+    ]
+    if missing or unexpected or wrong:
+        raise ValueError(
+            f"The weights do not fit {type(model).__name__}. Received: missing={missing[:10]}, "
+            f"unexpected={unexpected[:10]}, wrong shapes={wrong[:10]}. Use weights made for this config and head."
+        )
+    variables = named_variables(model)
+    backend = naming.to_backend(canonical, "tf", model.config, model.head)
+    if set(backend) != set(variables):
+        raise RuntimeError(f"naming table and tf model disagree: {sorted(set(backend) ^ set(variables))[:10]}")
+    for path, value in backend.items():
+        variable = variables[path]
+        variable.assign(np.asarray(value).astype(variable.dtype, copy=False))
+
+
+def load_checkpoint_state(name_or_path: str | os.PathLike, config=None, **hub_kwargs: Any) -> dict[str, np.ndarray]:
+    """All tensors of a checkpoint in transformers' (PyTorch) names: safetensors / pytorch .bin through
+    `gpt2_core.hub`, else a local directory holding only a transformers 4.x `tf_model.h5` (sharded or not), read
+    by `weights_convert.formats` (checked against `config`)."""
+    from gpt2_core.hub import load_state_dict
+
+    try:
+        return load_state_dict(name_or_path, **hub_kwargs)
+    except FileNotFoundError:
+        directory = Path(name_or_path)
+        if not any((directory / n).is_file() for n in (TF_H5_NAME, TF_H5_NAME + ".index.json")):
+            raise
+    try:
+        from weights_convert import formats
+    except ImportError as e:
+        raise FileNotFoundError(
+            f"Only {TF_H5_NAME} was found, and reading it needs the weights_convert package. Received: "
+            f"name_or_path={str(name_or_path)!r}. Install gpt2-frameworks fully, or convert first: gpt2-convert."
+        ) from e
+    _, canonical, head = formats.load_checkpoint(directory, format="tf", config=config)
+    return naming.to_hub_state_dict(canonical, head)

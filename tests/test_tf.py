@@ -1,0 +1,391 @@
+"""gpt2_tf-specific tests: XLA generation against gpt2_torch, no retracing within a bucket, Keras compile/fit, XLA
+forward, SavedModel (with the in-graph tokenizer) in a fresh process, TFGPT2Tokenizer against gpt2_core's tokenizer,
+transformers 4.x tf_model.h5 files, and the same ValueErrors as torch.
+
+The shared behaviour (every head and config against gpt2_core.reference, cached decoding, checkpoints across
+backends) is in test_equivalence.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import REPO, TOL, make_config, padded_batch, shared_dir
+from gpt2_core import reference
+from gpt2_core.config import GPT2Config
+from gpt2_core.generation import make_generation_config, process_logits as core_process_logits, reference_greedy
+
+tf = pytest.importorskip("tensorflow")
+import backend_tf  # noqa: E402  (disables TF32)
+from gpt2_tf import generation  # noqa: E402
+from gpt2_tf.model import MODEL_CLASSES, TFGPT2LMHeadModel  # noqa: E402
+
+keras = pytest.importorskip("keras")
+
+
+@pytest.fixture(scope="module")
+def lm():
+    """(config, params, model), shared so the generate tests reuse one compiled function (XLA compiles take
+    seconds on CPU). Mistral flags on: both attention-scale rules are exercised."""
+    config = make_config("mistral")
+    params = reference.random_params(config, "lm", seed=8)
+    return config, params, backend_tf.build("lm", config, params)
+
+
+def test_xla_greedy_matches_torch(lm):
+    """Left-padded batch, one row stopped by eos: the XLA loop equals gpt2_torch's cached greedy, token for token."""
+    import backend_torch
+
+    config, params, model = lm
+    ids, mask = padded_batch(config, "left")
+    gen = make_generation_config(config, 7, max_new_tokens=10, eos_token_id=())
+    free = reference_greedy(params, config, ids, mask, gen)
+    # an eos that one row emits early and the others never: that row stops, then gets pad_token_id
+    row, step, eos = next(
+        (r, t, int(free[r, t]))
+        for t in range(7, 17) for r in range(3)
+        if all(int(free[r, t]) not in free[o, 7:] for o in range(3) if o != r)
+    )
+    got = backend_tf.generate(model, ids, attention_mask=mask, max_new_tokens=10, eos_token_id=eos)
+    torch_model = backend_torch.build("lm", config, params)
+    expected = backend_torch.generate(torch_model, ids, attention_mask=mask, max_new_tokens=10, eos_token_id=eos)
+    np.testing.assert_array_equal(got, expected)
+    assert got.shape == (3, 17) and got[row, step] == eos and np.all(got[row, step + 1 :] == config.pad_token_id)
+
+
+def test_generate_stops_when_every_row_is_done(lm):
+    """The output is cut after the last step any row needed (transformers' shape rule)."""
+    config, params, model = lm
+    ids, mask = padded_batch(config, "left")
+    first = reference_greedy(params, config, ids, mask, make_generation_config(config, 7, max_new_tokens=1))[:, -1]
+    out = backend_tf.generate(model, ids, attention_mask=mask, max_new_tokens=8, eos_token_id=[int(t) for t in first])
+    np.testing.assert_array_equal(out[:, -1], first)
+    assert out.shape == (3, ids.shape[1] + 1)
+
+
+def test_no_retrace_within_bucket(lm):
+    config, _, model = lm
+    rng = np.random.default_rng(0)
+    model.generate(rng.integers(1, 90, (3, 5)), max_new_tokens=4)
+    traces = generation.trace_count(model)
+    # another prompt length and max_new_tokens in the same buckets, other eos/pad ids: no new trace
+    model.generate(rng.integers(1, 90, (3, 11)), max_new_tokens=7, eos_token_id=[3, 4], pad_token_id=1)
+    model.generate(rng.integers(1, 90, (3, 16)), attention_mask=np.ones((3, 16), np.int64), max_new_tokens=2)
+    assert generation.trace_count(model) == traces
+    model.generate(rng.integers(1, 90, (3, 17)), max_new_tokens=4)  # the next prompt bucket: one more
+    assert generation.trace_count(model) == traces + 1
+
+
+def test_sampling_is_seeded_and_follows_top_k_top_p(lm):
+    config, params, model = lm
+    ids, mask = padded_batch(config, "left")
+    greedy = np.asarray(model.generate(ids, attention_mask=mask, max_new_tokens=6, eos_token_id=()))
+    kw = dict(attention_mask=mask, max_new_tokens=6, eos_token_id=(), do_sample=True, temperature=1.5)
+    a = np.asarray(model.generate(ids, seed=1, **kw))
+    assert np.array_equal(a, np.asarray(model.generate(ids, seed=1, **kw)))
+    assert not np.array_equal(a, np.asarray(model.generate(ids, seed=2, **kw)))
+    # a tiny top_p keeps only the most likely token (after top-k): greedy
+    np.testing.assert_array_equal(np.asarray(model.generate(ids, seed=3, top_k=5, top_p=1e-6, **kw)), greedy)
+
+
+@pytest.mark.parametrize("top_k,top_p", [(None, None), (5, None), (None, 0.7), (10, 0.5)])
+def test_process_logits_matches_core(top_k, top_p):
+    logits = np.random.default_rng(0).normal(size=(4, 97)).astype(np.float32) * 3
+    gen = make_generation_config(make_config("default"), 1, do_sample=True, temperature=0.7, top_k=top_k, top_p=top_p)
+    got = generation.process_logits(tf.constant(logits), gen.temperature, gen.top_k, gen.top_p).numpy()
+    exp = core_process_logits(logits, gen)
+    kept = exp > np.finfo(np.float64).min
+    np.testing.assert_array_equal(got > np.finfo(np.float32).min, kept)
+    np.testing.assert_allclose(got[kept], exp[kept], atol=1e-5)
+
+
+# -- Keras: XLA forward, compile + fit, predict -----------------------------------------------------------------------
+
+
+def test_xla_forward_matches_eager(lm):
+    config, params, model = lm
+    ids, mask = padded_batch(config, "left")
+    fn = tf.function(lambda i, m: model(input_ids=i, attention_mask=m).logits, jit_compile=True)
+    got = fn(tf.constant(ids), tf.constant(mask)).numpy()
+    eager = model(input_ids=ids, attention_mask=mask).logits.numpy()
+    assert np.max(np.abs(got - eager)) <= 1e-5
+
+
+def test_compile_fit_lowers_loss():
+    config = make_config("default")
+    ids = np.random.default_rng(0).integers(1, 96, (8, 12))
+    model = TFGPT2LMHeadModel(config, seed=0)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))  # no loss: the model's own LM loss from `labels`
+    history = model.fit(x={"input_ids": ids, "labels": ids}, batch_size=4, epochs=4, verbose=0).history["loss"]
+    assert history[-1] < history[0] - 0.3
+    # fit(x, y) takes y as the labels; predict gives the output's tensors as a dict
+    history = model.fit(ids, ids, batch_size=8, epochs=1, verbose=0).history["loss"]
+    assert history[0] < 4.0
+    assert model.predict(ids, batch_size=4, verbose=0)["logits"].shape == (8, 12, config.vocab_size)
+
+
+def test_fit_with_keras_loss_on_classifier():
+    config = make_config("default")
+    rng = np.random.default_rng(0)
+    model = MODEL_CLASSES["seqcls"](config.copy(), seed=0)
+    model.compile(
+        optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=False
+    )
+    history = model.fit(rng.integers(1, 96, (8, 10)), rng.integers(0, 2, 8), epochs=2, verbose=0).history["loss"]
+    assert np.all(np.isfinite(history))
+
+
+def test_cross_attention_matches_reference():
+    config = make_config("default", add_cross_attention=True)
+    params = reference.random_params(config, "base", seed=5)
+    model = backend_tf.build("base", config, params)
+    ids, mask = padded_batch(config, "right")
+    enc = np.random.default_rng(1).normal(size=(3, 5, config.n_embd)).astype(np.float32)
+    enc_mask = np.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 0, 0, 0, 0]])
+    got = backend_tf.forward(
+        model, "base", input_ids=ids, attention_mask=mask, encoder_hidden_states=enc, encoder_attention_mask=enc_mask
+    )["last_hidden_state"]
+    exp = reference.forward(
+        params, config, ids, attention_mask=mask, encoder_hidden_states=enc, encoder_attention_mask=enc_mask
+    )
+    assert np.max(np.abs(got - exp["last_hidden_state"])) <= TOL
+
+
+# -- checkpoints -------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name,head", [("tf_lm", "lm"), ("tf_double", "double"), ("tf_seqcls", "seqcls"), ("tf_lm", "base")]
+)
+def test_from_pretrained_reads_transformers4_tf_h5(name, head):
+    directory = REPO / "tests" / "fixtures" / "hf4" / name
+    if not (directory / "tf_model.h5").is_file():
+        pytest.skip("fixture missing")
+    pytest.importorskip("weights_convert.formats")
+    expected = np.load(directory / "expected.npz")
+    model = MODEL_CLASSES[head].from_pretrained(directory)
+    inputs = {"input_ids": expected["input_ids"]}
+    if "mc_token_ids" in expected:
+        inputs["mc_token_ids"] = expected["mc_token_ids"]
+    out = model(**inputs)
+    field = "last_hidden_state" if head == "base" else "logits"
+    if head != "base":
+        assert np.max(np.abs(out[field].numpy() - expected[field])) <= TOL
+    if head == "double":
+        assert np.max(np.abs(out["mc_logits"].numpy() - expected["mc_logits"])) <= TOL
+
+
+def test_transformers_loads_our_checkpoint(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    torch = pytest.importorskip("torch")
+    config = make_config("untied")
+    model = backend_tf.build("lm", config, reference.random_params(config, "lm", seed=2))
+    model.save_pretrained(tmp_path)
+    hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path, attn_implementation="eager").eval()
+    ids, _ = padded_batch(config, "right")
+    with torch.no_grad():
+        theirs = hf(torch.from_numpy(ids)).logits.numpy()
+    assert np.max(np.abs(theirs - model(input_ids=ids).logits.numpy())) <= TOL
+
+
+# -- SavedModel --------------------------------------------------------------------------------------------------------
+
+_LOAD_AND_GENERATE = textwrap.dedent(
+    """
+    import json, sys
+    import tensorflow as tf
+    gen = tf.saved_model.load(sys.argv[1])
+    out = gen.signatures["serving_default"](text=tf.constant(json.loads(sys.argv[2])))
+    lm = tf.saved_model.load(sys.argv[3]).signatures["serving_default"]
+    logits = lm(input_ids=tf.constant([[1, 2, 3]]), attention_mask=tf.constant([[1, 1, 1]]))["logits"]
+    print(json.dumps({
+        "input_ids": out["input_ids"].numpy().tolist(),
+        "generated_ids": out["generated_ids"].numpy().tolist(),
+        "text": [t.decode("utf-8") for t in out["text"].numpy()],
+        "logits": logits.numpy().tolist(),
+    }))
+    """
+)
+
+
+def test_saved_model_with_tokenizer_generates_in_fresh_process(tmp_path):
+    from gpt2_core.tokenization import GPT2Tokenizer
+    from gpt2_tf.generation import TFGPT2TextGenerator
+    from gpt2_tf.tokenizer import TFGPT2Tokenizer
+
+    config = GPT2Config(vocab_size=50257, n_positions=64, n_embd=32, n_layer=2, n_head=4)
+    params = reference.random_params(config, "lm", seed=0)
+    model = backend_tf.build("lm", config, params)
+    prompts = ["ROMEO:", "What light through yonder window breaks?"]
+    exporter = TFGPT2TextGenerator(model, TFGPT2Tokenizer(), prompt_length=16, max_new_tokens=6, eos_token_id=())
+    tf.saved_model.save(exporter, str(tmp_path / "generator"))
+    tf.saved_model.save(model, str(tmp_path / "lm"), signatures=model.serving)
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the SavedModel needs no gpt2_* code
+    command = [sys.executable, "-c", _LOAD_AND_GENERATE, str(tmp_path / "generator"), json.dumps(prompts)]
+    result = subprocess.run(
+        command + [str(tmp_path / "lm")], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+
+    oracle = GPT2Tokenizer()
+    oracle.pad_token = oracle.eos_token
+    enc = oracle(prompts, padding="max_length", max_length=16, padding_side="left", return_tensors="np")
+    assert out["input_ids"] == enc["input_ids"].tolist()
+    gen = make_generation_config(config, 16, max_new_tokens=6, eos_token_id=())
+    expected = reference_greedy(params, config, enc["input_ids"], enc["attention_mask"], gen)[:, 16:]
+    assert out["generated_ids"] == expected.tolist()
+    assert out["text"] == [oracle.decode(row) for row in expected]
+    hidden = reference.forward(params, config, np.array([[1, 2, 3]]))["last_hidden_state"]
+    ref_logits = reference.lm_logits(params, config, hidden)
+    assert np.max(np.abs(np.array(out["logits"]) - ref_logits)) <= TOL
+
+
+# -- tokenizer ---------------------------------------------------------------------------------------------------------
+
+TRICKY = [
+    "Hello world",
+    "a  b   c\n\n\nd \t e",  # whitespace runs followed by text: the lookahead rule
+    "  leading and trailing  ",
+    "x\u00a0\u00a0y \u3000z\u2028\u2028w",  # non-ASCII whitespace
+    "it's  'tis we'll they'RE 'S",
+    "ünïcödé 日本語テキスト ١٢٣ ½ 😀😀!!",
+    "a\x00b  \x00 \x00\x00",  # NUL characters (the tokenizer's delimiter escape)
+    "<|endoftext|>one<|endoftext|>  two <|endoftext|>",
+    "",
+    "\r\n\r\n   \n",
+]
+
+
+@pytest.fixture(scope="module")
+def tokenizers():
+    from gpt2_core.tokenization import GPT2Tokenizer
+    from gpt2_tf.tokenizer import TFGPT2Tokenizer
+
+    return GPT2Tokenizer(), TFGPT2Tokenizer()
+
+
+def test_tokenizer_matches_oracle_on_tricky_text(tokenizers):
+    from gpt2_core.tokenization import GPT2Tokenizer
+    from gpt2_tf.tokenizer import TFGPT2Tokenizer
+
+    oracle, tok = tokenizers
+    assert tok.tokenize(tf.constant(TRICKY)).to_list() == [oracle.encode(t) for t in TRICKY]
+    oracle_p = GPT2Tokenizer(add_prefix_space=True)
+    tok_p = TFGPT2Tokenizer.from_tokenizer(oracle_p)
+    assert tok_p.tokenize(tf.constant(TRICKY)).to_list() == [oracle_p.encode(t) for t in TRICKY]
+
+
+def test_tokenizer_matches_oracle_on_random_text(tokenizers):
+    hypothesis = pytest.importorskip("hypothesis")
+    st = hypothesis.strategies
+    oracle, tok = tokenizers
+    chars = list(" \t\n\r\x0b\x0c\x1c\x85\xa0\u2028\u3000'sdtlmvreA1²½.,!?\x00é日😀")
+    alphabet = st.sampled_from(chars + ["<|endoftext|>", "'ll"])
+    texts = st.lists(st.lists(alphabet, max_size=25).map("".join) | st.text(max_size=15), min_size=1, max_size=40)
+
+    @hypothesis.settings(max_examples=25, deadline=None, derandomize=True)
+    @hypothesis.given(texts)
+    def check(batch):
+        assert tok.tokenize(tf.constant(batch)).to_list() == [oracle.encode(t) for t in batch]
+
+    check()
+
+
+def test_tokenizer_matches_oracle_on_whole_corpus(tokenizers):
+    """All of the shared Shakespeare corpus (4.5 MB, ~1.4M tokens), one play per row; about 2 s."""
+    oracle, tok = tokenizers
+    texts = [f.read_text(encoding="utf-8") for f in sorted((shared_dir() / "corpus" / "shakespeare").glob("*.txt"))]
+    assert len(texts) > 30
+    got = tok.tokenize(tf.constant(texts)).to_list()
+    for text, ids in zip(texts, got):
+        assert ids == oracle.encode(text)
+
+
+def test_tokenizer_padding_truncation_and_decoding(tokenizers):
+    from gpt2_core.tokenization import GPT2Tokenizer
+    from gpt2_tf.tokenizer import TFGPT2Tokenizer
+
+    oracle, _ = tokenizers
+    lines = (shared_dir() / "corpus" / "shakespeare" / "othello.txt").read_text(encoding="utf-8").splitlines()[100:140]
+    for side in ("left", "right"):
+        tok = TFGPT2Tokenizer(max_length=8, padding_side=side, truncation_side=side)
+        got = tok(tf.constant(lines))
+        padded = GPT2Tokenizer(pad_token="<|endoftext|>", padding_side=side, truncation_side=side)
+        exp = padded(lines, padding="max_length", truncation=True, max_length=8)
+        assert got["input_ids"].numpy().tolist() == exp["input_ids"]
+        assert got["attention_mask"].numpy().tolist() == exp["attention_mask"]
+    longest = TFGPT2Tokenizer()(tf.constant(lines))["input_ids"]
+    assert longest.shape[1] == max(len(oracle.encode(line)) for line in lines)
+    # detokenize inverts tokenize (byte-level BPE is lossless), inside a tf.function too
+    tok = TFGPT2Tokenizer()
+    roundtrip = tf.function(lambda t: tok.detokenize(tok.tokenize(t)))(tf.constant(lines + TRICKY))
+    assert [s.decode("utf-8") for s in roundtrip.numpy()] == lines + TRICKY
+
+
+def test_tokenizer_in_tf_data(tokenizers):
+    oracle, tok = tokenizers
+    ds = tf.data.Dataset.from_tensor_slices(["To be, or not to be", "that is the question:"]).batch(2).map(tok.tokenize)
+    assert next(iter(ds)).to_list() == [oracle.encode("To be, or not to be"), oracle.encode("that is the question:")]
+
+
+# -- errors: the same ValueError as torch ------------------------------------------------------------------------------
+
+BAD_FORWARD = {
+    "token_out_of_range": dict(input_ids=np.array([[1, 2, 97]])),
+    "negative_token": dict(input_ids=np.array([[1, -1, 2]])),
+    "too_long": dict(input_ids=np.ones((1, 25), np.int64)),
+    "mask_shape": dict(input_ids=np.ones((2, 5), np.int64), attention_mask=np.ones((2, 4), np.int64)),
+    "one_dim": dict(input_ids=np.ones((5,), np.int64)),
+    "both_ids_and_embeds": dict(input_ids=np.ones((1, 3), np.int64), inputs_embeds=np.zeros((1, 3, 32), np.float32)),
+    "position_ids_range": dict(input_ids=np.ones((1, 3), np.int64), position_ids=np.array([[0, 1, 24]])),
+    "empty": dict(input_ids=np.ones((1, 0), np.int64)),
+}
+BAD_GENERATE = {
+    "too_long": dict(max_new_tokens=10),
+    "zero_tokens": dict(max_new_tokens=0),
+    "temperature": dict(do_sample=True, temperature=0.0),
+    "top_p": dict(do_sample=True, top_p=1.5),
+}
+
+
+def _error(fn):
+    with pytest.raises(ValueError) as info:
+        fn()
+    return str(info.value)
+
+
+@pytest.mark.parametrize("case", list(BAD_FORWARD))
+def test_forward_errors_match_torch(case):
+    import backend_torch
+
+    config = make_config("default")
+    params = reference.random_params(config, "lm", seed=13)
+    errors = [
+        _error(lambda: b.forward(b.build("lm", config, params), "lm", **BAD_FORWARD[case]))
+        for b in (backend_tf, backend_torch)
+    ]
+    assert errors[0] == errors[1]
+
+
+@pytest.mark.parametrize("case", list(BAD_GENERATE))
+def test_generate_errors_match_torch(case):
+    import backend_torch
+
+    config = make_config("default")
+    params = reference.random_params(config, "lm", seed=13)
+    ids = np.ones((1, 20), np.int64)
+    errors = [
+        _error(lambda: b.generate(b.build("lm", config, params), ids, **BAD_GENERATE[case]))
+        for b in (backend_tf, backend_torch)
+    ]
+    assert errors[0] == errors[1]
