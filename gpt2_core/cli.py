@@ -43,6 +43,7 @@ def load_lm(backend: str, model: str) -> Any:
         return GPT2LMHeadModel.from_pretrained(model)
     if backend == "tf":
         os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         from gpt2_tf import TFGPT2LMHeadModel
 
         return TFGPT2LMHeadModel.from_pretrained(model)
