@@ -185,6 +185,24 @@ def to_backend(
     return out
 
 
+def check_canonical(canonical: Mapping[str, np.ndarray], config: GPT2Config, head: str, owner: str) -> None:
+    """Strict check before loading into a model: exactly the keys of `head`, every shape right; the error lists
+    missing, unexpected and mis-shaped keys by name. Every backend's loader calls this."""
+    expected = canonical_shapes(config, head)
+    missing = sorted(set(expected) - set(canonical))
+    unexpected = sorted(set(canonical) - set(expected))
+    wrong = [
+        f"{k}: expected {expected[k]}, found {tuple(np.shape(v))}"
+        for k, v in canonical.items()
+        if k in expected and tuple(np.shape(v)) != tuple(expected[k])
+    ]
+    if missing or unexpected or wrong:
+        raise ValueError(
+            f"The weights do not fit {owner}. Received: missing={missing[:10]}, unexpected={unexpected[:10]}, "
+            f"wrong shapes={wrong[:10]}. Use weights made for this config and head."
+        )
+
+
 def canonical_names(backend: str, config: GPT2Config, head: str = "base") -> dict[str, str]:
     """{backend parameter path: canonical key} for a model of `head` (body paths prefixed for task models)."""
     out = {}

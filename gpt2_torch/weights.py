@@ -26,19 +26,7 @@ def canonical_state_dict(model) -> dict[str, np.ndarray]:
 
 def load_canonical(model, canonical: dict[str, np.ndarray]) -> None:
     """Copy a canonical dict into the model. Strict: every parameter set, every shape checked."""
-    expected = naming.canonical_shapes(model.config, model.head)
-    missing = sorted(set(expected) - set(canonical))
-    unexpected = sorted(set(canonical) - set(expected))
-    wrong = [
-        f"{k}: expected {expected[k]}, found {tuple(np.shape(v))}"
-        for k, v in canonical.items()
-        if k in expected and tuple(np.shape(v)) != tuple(expected[k])
-    ]
-    if missing or unexpected or wrong:
-        raise ValueError(
-            f"The weights do not fit {type(model).__name__}. Received: missing={missing[:10]}, "
-            f"unexpected={unexpected[:10]}, wrong shapes={wrong[:10]}. Use weights made for this config and head."
-        )
+    naming.check_canonical(canonical, model.config, model.head, type(model).__name__)
     params = _params(model)
     backend = naming.to_backend(canonical, "torch", model.config, model.head)
     if set(backend) != set(params):
