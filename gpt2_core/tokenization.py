@@ -204,17 +204,9 @@ def _token_content(value: Any, name: str) -> str | None:
 
 def _atomic_write_text(path: Path, text: str) -> None:
     # Write beside the target and rename, so a crash never leaves a truncated vocabulary behind.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    from gpt2_core.hub import atomic_write_text
+
+    atomic_write_text(path, text)
 
 
 def _env_flag(name: str) -> bool:

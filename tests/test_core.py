@@ -245,3 +245,11 @@ def test_missing_directory_is_a_clear_error(tmp_path, monkeypatch):
         hub.resolve_file(str(tmp_path / "nope" / "deeper" / "x"), "config.json")
     with pytest.raises(FileNotFoundError, match="No weights found"):
         hub.resolve_weights(tmp_path)
+
+
+def test_written_files_get_normal_permissions(tmp_path):
+    """Atomic writes go through a private temporary file; the result has the mode a plain write would give."""
+    hub.save_safetensors(reference.random_params(make_config("default"), "base", seed=0), tmp_path)
+    make_config("default").save_pretrained(tmp_path)
+    for name in ("model.safetensors", "config.json"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == hub.default_mode(), name

@@ -1297,6 +1297,7 @@ def atomic_directory(directory: Path, *, force: bool = False) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
     try:
         yield tmp
+        os.chmod(tmp, hub.default_mode(directory=True))  # mkdtemp makes it private; give it a normal directory's mode
         if directory.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".old", dir=directory.parent))
             os.replace(directory, old / "x")
