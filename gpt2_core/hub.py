@@ -159,8 +159,9 @@ def resolve_weights(name_or_path: str | os.PathLike, **hub_kwargs) -> list[Path]
             return [resolve_file(name_or_path, s, required=True, **hub_kwargs) for s in shards]  # type: ignore[misc]
         return [found]
     raise FileNotFoundError(
-        f"No weights found. Received: name_or_path={str(name_or_path)!r}. Expected one of {WEIGHT_FILES}. "
-        "For tf_model.h5, flax_model.msgpack or an OpenAI checkpoint, convert first: gpt2-convert SRC -o DST."
+        f"No weights found. Received: name_or_path={str(name_or_path)!r}. Expected one of {WEIGHT_FILES} "
+        "(or transformers 4.x tf_model.h5 / flax_model.msgpack). For an OpenAI checkpoint, convert first: "
+        "gpt2-convert SRC -o DST."
     )
 
 
@@ -238,9 +239,26 @@ def read_torch_bin(path: str | os.PathLike) -> dict[str, np.ndarray]:
     return out
 
 
-def load_state_dict(name_or_path: str | os.PathLike, **hub_kwargs) -> dict[str, np.ndarray]:
-    """All tensors of a checkpoint (one file or shards), in the file's own names."""
-    files = resolve_weights(name_or_path, **hub_kwargs)
+# Files of transformers 4.x's TensorFlow and Flax classes: read through weights_convert (the one place that parses
+# them), so every backend's from_pretrained accepts them alike.
+OTHER_WEIGHT_FILES = {"tf_model.h5": "tf", "tf_model.h5.index.json": "tf", "flax_model.msgpack": "flax",
+                      "flax_model.msgpack.index.json": "flax"}
+
+
+def load_state_dict(name_or_path: str | os.PathLike, *, config=None, **hub_kwargs) -> dict[str, np.ndarray]:
+    """All tensors of a checkpoint (one file or shards), in Hub (PyTorch) names.
+
+    `model.safetensors` / `pytorch_model.bin` are read here; a checkpoint that has only a transformers 4.x
+    `tf_model.h5` or `flax_model.msgpack` is read by `weights_convert.formats` (checked against `config`).
+    """
+    try:
+        files = resolve_weights(name_or_path, **hub_kwargs)
+    except FileNotFoundError:
+        for filename, fmt in OTHER_WEIGHT_FILES.items():
+            found = resolve_file(name_or_path, filename, required=False, **hub_kwargs)
+            if found is not None:
+                return _read_other_format(found.parent if filename.endswith(".index.json") else found, fmt, config)
+        raise
     out: dict[str, np.ndarray] = {}
     for f in files:
         part = read_safetensors(f) if f.suffix == ".safetensors" else read_torch_bin(f)
@@ -249,6 +267,20 @@ def load_state_dict(name_or_path: str | os.PathLike, **hub_kwargs) -> dict[str, 
             raise ValueError(f"Tensor names repeat across shards. Received: {sorted(dup)[:5]} in {f.name}.")
         out.update(part)
     return out
+
+
+def _read_other_format(path: Path, fmt: str, config) -> dict[str, np.ndarray]:
+    try:
+        from weights_convert.formats import load_checkpoint
+    except ImportError as e:  # pragma: no cover - weights_convert ships in the same distribution
+        raise FileNotFoundError(
+            f"Only a {fmt} checkpoint was found, and reading it needs weights_convert. Received: path={str(path)!r}. "
+            "Convert it first: gpt2-convert SRC -o DST."
+        ) from e
+    from gpt2_core import naming
+
+    _, canonical, head = load_checkpoint(path, format=fmt, config=config)
+    return naming.to_hub_state_dict(canonical, head)
 
 
 # ---------------------------------------------------------------------------------------------------------------

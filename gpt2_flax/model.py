@@ -393,7 +393,7 @@ class FlaxGPT2PreTrainedModel(nnx.Module):
         **hub_kwargs: Any,
     ) -> "FlaxGPT2PreTrainedModel":
         """Load `config.json` + weights (`model.safetensors`, sharded or not, `pytorch_model.bin`, or a
-        transformers 4.x `flax_model.msgpack`) from a local directory or a Hub id. Heads missing from the
+        transformers 4.x `tf_model.h5` / `flax_model.msgpack`) from a local directory or a Hub id. Heads missing from the
         checkpoint (a base checkpoint loaded into a classifier) are initialised and logged, as transformers does.
 
         Args:
@@ -403,12 +403,13 @@ class FlaxGPT2PreTrainedModel(nnx.Module):
             rngs: Dropout randomness (and the init of missing heads); `default_rngs(0)` by default.
             **hub_kwargs: `revision`, `cache_dir`, `token`, `local_files_only` for Hub downloads.
         """
-        from gpt2_flax.weights import cast_params, load_checkpoint
+        from gpt2_core.hub import load_state_dict
+        from gpt2_flax.weights import cast_params
 
         if config is None:
             config = GPT2Config.from_pretrained(pretrained_model_name_or_path)
         rngs = rngs if rngs is not None else default_rngs()
-        state = load_checkpoint(pretrained_model_name_or_path, config, **hub_kwargs)
+        state = load_state_dict(pretrained_model_name_or_path, config=config, **hub_kwargs)
         canonical, missing_head = naming.from_hub_state_dict(
             state, config, cls.head, source=f"checkpoint {str(pretrained_model_name_or_path)!r}"
         )

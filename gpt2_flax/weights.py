@@ -6,17 +6,13 @@ gpt2_core.naming (backend "flax") maps those paths and layouts to canonical name
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from gpt2_core import hub, naming
-from gpt2_core.config import GPT2Config
-
-FLAX_WEIGHTS_NAME = "flax_model.msgpack"
+from gpt2_core import naming
 
 
 def _params(model) -> dict[str, nnx.Param]:
@@ -58,19 +54,3 @@ def cast_params(model, dtype: Any) -> None:
     for _, module in nnx.iter_modules(model):
         if isinstance(module, nnx.Embed):
             module.dtype = module.param_dtype = dtype
-
-
-def load_checkpoint(name_or_path: str | os.PathLike, config: GPT2Config, **hub_kwargs: Any) -> dict[str, np.ndarray]:
-    """A checkpoint's tensors: `model.safetensors` / `pytorch_model.bin` through gpt2_core.hub (file names), else a
-    transformers 4.x `flax_model.msgpack` through the converter's reader (canonical names). Either kind of names
-    goes through `naming.from_hub_state_dict` next."""
-    try:
-        return hub.load_state_dict(name_or_path, **hub_kwargs)
-    except FileNotFoundError:
-        msgpack = hub.resolve_file(name_or_path, FLAX_WEIGHTS_NAME, required=False, **hub_kwargs)
-        if msgpack is None:
-            raise
-    from weights_convert.formats import open_checkpoint
-
-    with open_checkpoint(msgpack, format="flax", config=config) as checkpoint:
-        return checkpoint.to_dict()

@@ -454,7 +454,7 @@ class TFGPT2PreTrainedModel(keras.Model):
         **hub_kwargs: Any,
     ) -> "TFGPT2PreTrainedModel":
         """Load `config.json` + weights (`model.safetensors`, sharded or not, `pytorch_model.bin`, or a transformers
-        4.x `tf_model.h5` through `weights_convert`) from a local directory or a Hub id. Heads missing from the
+        4.x `tf_model.h5` / `flax_model.msgpack`) from a local directory or a Hub id. Heads missing from the
         checkpoint (a base checkpoint loaded into a classifier) are initialised and logged, as transformers does.
 
         Args:
@@ -463,12 +463,12 @@ class TFGPT2PreTrainedModel(keras.Model):
             dtype: Keras dtype of the model (`"float32"`, `"bfloat16"`, `"mixed_bfloat16"`...); float32 by default.
             **hub_kwargs: `revision`, `cache_dir`, `token`, `local_files_only` for Hub downloads.
         """
-        from gpt2_tf.weights import load_checkpoint_state
+        from gpt2_core.hub import load_state_dict
 
         name = str(pretrained_model_name_or_path)
         if config is None:
             config = GPT2Config.from_pretrained(pretrained_model_name_or_path)
-        state = load_checkpoint_state(pretrained_model_name_or_path, config, **hub_kwargs)
+        state = load_state_dict(pretrained_model_name_or_path, config=config, **hub_kwargs)
         canonical, missing_head = naming.from_hub_state_dict(state, config, cls.head, source=f"checkpoint {name!r}")
         model = cls(config, seed=SKIP_INIT, dtype=dtype)
         if missing_head:

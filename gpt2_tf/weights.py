@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
-from typing import Any, Mapping
+from typing import Mapping
 
 import numpy as np
 import tensorflow as tf
@@ -25,7 +24,6 @@ logger = logging.getLogger(__name__)
 
 # Keras layers whose variables are leaves, named by the variable's own name.
 _LEAF_LAYERS = (keras.layers.Dense, keras.layers.LayerNormalization, keras.layers.Embedding)
-TF_H5_NAME = "tf_model.h5"
 
 
 def named_variables(model: keras.layers.Layer) -> dict[str, tf.Variable]:
@@ -72,26 +70,3 @@ def load_canonical(model, canonical: Mapping[str, np.ndarray]) -> None:
     for path, value in backend.items():
         variable = variables[path]
         variable.assign(np.asarray(value).astype(variable.dtype, copy=False))
-
-
-def load_checkpoint_state(name_or_path: str | os.PathLike, config=None, **hub_kwargs: Any) -> dict[str, np.ndarray]:
-    """All tensors of a checkpoint in transformers' (PyTorch) names: safetensors / pytorch .bin through
-    `gpt2_core.hub`, else a local directory holding only a transformers 4.x `tf_model.h5` (sharded or not), read
-    by `weights_convert.formats` (checked against `config`)."""
-    from gpt2_core.hub import load_state_dict
-
-    try:
-        return load_state_dict(name_or_path, **hub_kwargs)
-    except FileNotFoundError:
-        directory = Path(name_or_path)
-        if not any((directory / n).is_file() for n in (TF_H5_NAME, TF_H5_NAME + ".index.json")):
-            raise
-    try:
-        from weights_convert import formats
-    except ImportError as e:
-        raise FileNotFoundError(
-            f"Only {TF_H5_NAME} was found, and reading it needs the weights_convert package. Received: "
-            f"name_or_path={str(name_or_path)!r}. Install gpt2-frameworks fully, or convert first: gpt2-convert."
-        ) from e
-    _, canonical, head = formats.load_checkpoint(directory, format="tf", config=config)
-    return naming.to_hub_state_dict(canonical, head)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 
 from gpt2_core.generation import GenerationConfig, make_generation_config

@@ -246,8 +246,8 @@ class GPT2PreTrainedModel(nn.Module):
         device: str | torch.device | None = None,
         **hub_kwargs: Any,
     ) -> "GPT2PreTrainedModel":
-        """Load `config.json` + weights (`model.safetensors`, sharded or not, or `pytorch_model.bin`) from a local
-        directory or a Hub id. Heads missing from the checkpoint (a base checkpoint loaded into a classifier) are
+        """Load `config.json` + weights (`model.safetensors`, sharded or not, `pytorch_model.bin`, or a transformers
+        4.x `tf_model.h5` / `flax_model.msgpack`) from a local directory or a Hub id. Heads missing from the checkpoint (a base checkpoint loaded into a classifier) are
         initialised and logged, as transformers does.
 
         Args:
@@ -262,7 +262,7 @@ class GPT2PreTrainedModel(nn.Module):
 
         if config is None:
             config = GPT2Config.from_pretrained(pretrained_model_name_or_path)
-        state = load_state_dict(pretrained_model_name_or_path, **hub_kwargs)
+        state = load_state_dict(pretrained_model_name_or_path, config=config, **hub_kwargs)
         canonical, missing_head = naming.from_hub_state_dict(
             state, config, cls.head, source=f"checkpoint {str(pretrained_model_name_or_path)!r}"
         )

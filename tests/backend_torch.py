@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-import gpt2_torch
 from gpt2_torch.model import MODEL_CLASSES
 
 NAME = "torch"

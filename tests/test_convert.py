@@ -105,7 +105,7 @@ def test_sharded_safetensors_and_pytorch(tmp_path):
 
 
 def test_dtype_conversion(tmp_path):
-    ml_dtypes = pytest.importorskip("ml_dtypes")
+    import ml_dtypes
     config = tiny()
     w = weights(config, "lm", seed=4)
     save_checkpoint(tmp_path / "src", config, w, "lm", to="safetensors")
@@ -175,7 +175,7 @@ def test_tokenizer_files_copied(tmp_path):
 
 def test_old_tf_embedding_name(tmp_path):
     """TF files written before transformers 4.27 (TFSharedEmbeddings) call the token embedding `wte/weight:0`."""
-    h5py = pytest.importorskip("h5py")
+    import h5py
     config = tiny()
     w = weights(config, "lm", seed=6)
     d = save_checkpoint(tmp_path / "tf", config, w, "lm", to="tf")
@@ -203,7 +203,7 @@ def test_cross_attention_round_trip(tmp_path, fmt):
 def test_transformers4_style_pytorch_bin_with_buffers(tmp_path):
     """transformers 4.x's pytorch_model.bin of GPT2LMHeadModel carries the tied lm_head.weight and, in old files,
     the causal-mask buffers `attn.bias` / `attn.masked_bias`; they are not parameters and are dropped."""
-    torch = pytest.importorskip("torch")
+    import torch
     config = tiny()
     w = weights(config, "lm", seed=11)
     state = {f"transformer.{k}": torch.from_numpy(v.copy()) for k, v in w.items()}
@@ -230,10 +230,10 @@ def test_large_leaves_chunked_like_flax(tmp_path, monkeypatch):
     save_checkpoint(tmp_path / "tf", config, w, "lm", to="tf")
     assert_same(w, load_checkpoint(tmp_path / "flax")[1])
     assert_same(w, load_checkpoint(tmp_path / "tf")[1])
-    h5py = pytest.importorskip("h5py")
+    import h5py
     with h5py.File(tmp_path / "tf" / "tf_model.h5", "r") as f:
         assert "weight_names0" in f["transformer"].attrs and "weight_names1" in f["transformer"].attrs
-    serialization = pytest.importorskip("flax.serialization")
+    from flax import serialization
     tree = serialization.msgpack_restore((tmp_path / "flax" / "flax_model.msgpack").read_bytes())
     kernel = np.asarray(tree["transformer"]["h"]["0"]["attn"]["c_attn"]["kernel"])
     assert np.array_equal(kernel, w["h.0.attn.c_attn.weight"].T)  # FlaxConv1D keeps [out, in]
@@ -313,7 +313,7 @@ def test_non_gpt2_checkpoint(tmp_path, capsys):
         open_checkpoint(d)
     assert "missing keys" in str(e.value)
     # an HDF5 file that is not a transformers checkpoint
-    h5py = pytest.importorskip("h5py")
+    import h5py
     (d / "model.safetensors").unlink()
     with h5py.File(d / "tf_model.h5", "w") as f:
         f["x"] = np.zeros(3)
@@ -424,7 +424,7 @@ def make_openai_checkpoint(directory: Path, config: GPT2Config, w: dict, with_ad
     """Write a checkpoint the way OpenAI's gpt-2 code (and fine-tuning scripts built on it) did: TF1 graph-mode
     variables under `model/`, conv1d weights [1, nx, nf], a tf.compat.v1.train.Saver; optionally Adam slots,
     beta1/2_power and global_step, as `gpt-2-simple`-style fine-tuning leaves them."""
-    tf = pytest.importorskip("tensorflow")
+    import tensorflow as tf
     names = {"model/wte": w["wte.weight"], "model/wpe": w["wpe.weight"]}
     for i in range(config.n_layer):
         for ln in ("ln_1", "ln_2"):
@@ -460,7 +460,7 @@ def test_openai_checkpoint_with_adam(tmp_path, caplog):
     config = GPT2Config(**TINY)
     w = weights(config, "lm", seed=8)
     d = make_openai_checkpoint(tmp_path / "124M", config, w, with_adam=True)
-    tf = pytest.importorskip("tensorflow")
+    import tensorflow as tf
     stored = dict(tf.train.list_variables(str(d / "model.ckpt")))
     assert "model/h0/attn/c_attn/w/Adam_1" in stored and "beta1_power" in stored and "global_step" in stored
     assert stored["model/h0/attn/c_attn/w"] == [1, 16, 48]
@@ -550,8 +550,8 @@ def test_transformers4_fixture(tmp_path, name, head):
 
 @pytest.mark.parametrize("fmt", ["safetensors", "pytorch"])
 def test_transformers_v5_loads_our_output(tmp_path, fmt):
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
+    import torch
+    import transformers
     torch.backends.cuda.matmul.allow_tf32 = False
     config = GPT2Config(**TINY, tie_word_embeddings=False)
     w = weights(config, "lm", seed=9)

@@ -30,7 +30,7 @@ def test_import_gpt2_core_does_not_import_frameworks():
 
 
 def test_config_defaults_equal_transformers():
-    transformers = pytest.importorskip("transformers")
+    import transformers
     theirs = transformers.GPT2Config().to_dict()
     ours = GPT2Config().to_dict()
     for key in ["vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "n_inner", "activation_function",
@@ -44,7 +44,7 @@ def test_config_defaults_equal_transformers():
 
 
 def test_config_json_round_trip_with_transformers(tmp_path):
-    transformers = pytest.importorskip("transformers")
+    import transformers
     transformers.GPT2Config(n_layer=3, n_embd=48, n_head=6, num_labels=4, some_custom_key="kept").save_pretrained(tmp_path)
     ours = GPT2Config.from_pretrained(tmp_path)
     assert (ours.n_layer, ours.n_embd, ours.n_head, ours.num_labels) == (3, 48, 6, 4)
@@ -157,8 +157,8 @@ def test_fully_padded_query_is_finite_and_cache_independent():
 
 def test_reference_matches_transformers():
     """The float64 reference against transformers' PyTorch GPT2Model (eager, float32) on all activations."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
+    import torch
+    import transformers
     for act in ("gelu_new", "gelu", "relu", "silu", "gelu_fast", "quick_gelu"):
         config = make_config("mistral", activation_function=act)
         params = reference.random_params(config, "base", seed=1)
@@ -177,7 +177,7 @@ def test_reference_matches_transformers():
 
 @pytest.mark.parametrize("temperature, top_k, top_p", [(0.7, None, None), (1.0, 5, None), (1.0, None, 0.8), (1.3, 10, 0.6)])
 def test_process_logits_matches_transformers(temperature, top_k, top_p):
-    torch = pytest.importorskip("torch")
+    import torch
     from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
     logits = np.random.default_rng(0).standard_normal((4, 50)).astype(np.float32) * 3

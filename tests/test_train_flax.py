@@ -12,8 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-jax = pytest.importorskip("jax")
-pytest.importorskip("torch")
+import jax
 
 from conftest import REPO, shared_dir  # noqa: E402
 from gpt2_core import training as core_training  # noqa: E402

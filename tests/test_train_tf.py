@@ -12,7 +12,6 @@ import sys
 import numpy as np
 import pytest
 
-pytest.importorskip("tensorflow")
 
 from conftest import REPO, shared_dir  # noqa: E402
 from gpt2_core.training import TrainConfig  # noqa: E402
@@ -80,17 +79,17 @@ def test_training_lowers_loss_and_writes_hub_checkpoint(corpus, tmp_path):
 
 def test_curve_equals_torch_trainer(corpus, full_run, tmp_path):
     """Same init (gpt2_core.reference.init_params), batches, schedule, decay mask, clipping and AdamW arithmetic:
-    the curves agree to float32 round-off (measured ~1e-6; the tolerance leaves room for other CPUs' kernels)."""
+    the curves agree to float32 round-off (measured ~1e-6; 1e-4 as for the Flax trainer, room for other CPUs' kernels)."""
     from gpt2_torch.training import train as torch_train
 
     torch_train(tc(corpus, tmp_path, save_every=0), progress=False)
     a, b = losses(full_run[0]), losses(tmp_path)
     assert set(a) == set(b) == set(range(1, 7))
     for step in a:
-        assert abs(a[step] - b[step]) < 1e-3, (step, a[step], b[step])
+        assert abs(a[step] - b[step]) < 1e-4, (step, a[step], b[step])
     evals_tf = [r["eval_loss"] for r in records(full_run[0]) if "eval_loss" in r and "event" not in r]
     evals_torch = [r["eval_loss"] for r in records(tmp_path) if "eval_loss" in r and "event" not in r]
-    np.testing.assert_allclose(evals_tf, evals_torch, atol=1e-3)
+    np.testing.assert_allclose(evals_tf, evals_torch, atol=1e-4)
 
 
 def test_resume_continues_the_same_curve(corpus, full_run, tmp_path, monkeypatch):
