@@ -22,7 +22,8 @@ def check_model_inputs(
     position_ids: np.ndarray | None,
     position_ids_shape: Sequence[int] | None,
     token_type_ids_shape: Sequence[int] | None,
-    past_length: int,
+    past_length: int | None,
+    cache_max_length: int | None = None,
 ) -> None:
     """Raise `ValueError` for inputs no GPT-2 can take.
 
@@ -35,7 +36,9 @@ def check_model_inputs(
         position_ids: Position ids as NumPy when known, else None.
         position_ids_shape: Shape of `position_ids`, or None.
         token_type_ids_shape: Shape of `token_type_ids`, or None.
-        past_length: Number of cached positions.
+        past_length: Number of cached positions (None: unknown, a traced KVCache length).
+        cache_max_length: With a preallocated KVCache, its buffer size S_max: the mask may then cover the whole
+            buffer, (B, S_max), as compiled decoding passes it.
     """
     if input_shape is not None and inputs_embeds_shape is not None:
         raise ValueError("You cannot specify both input_ids and inputs_embeds at the same time. Pass only one.")
@@ -59,10 +62,11 @@ def check_model_inputs(
         name, shape = "inputs_embeds", tuple(inputs_embeds_shape)
     if T == 0:
         raise ValueError(f"The sequence is empty. Received: {name}.shape={shape}. Pass at least one token.")
-    if past_length + T > config.n_positions:
-        where = f" (past_key_values hold {past_length} positions)" if past_length else ""
+    P = past_length if past_length is not None else 0
+    if P + T > config.n_positions:
+        where = f" (past_key_values hold {P} positions)" if P else ""
         raise ValueError(
-            f"Sequence length {past_length + T} exceeds n_positions={config.n_positions}{where}. "
+            f"Sequence length {P + T} exceeds n_positions={config.n_positions}{where}. "
             f"Received: {name}.shape={shape}. Crop the prompt or use a model with more positions."
         )
     if input_ids is not None and input_ids.size:
@@ -74,12 +78,19 @@ def check_model_inputs(
                 f"Received: input_ids min={lo}, max={hi}. Use ids in [0, {config.vocab_size - 1}] "
                 "(the tokenizer of this model)."
             )
-    if attention_mask_shape is not None and tuple(attention_mask_shape) != (B, past_length + T):
-        raise ValueError(
-            f"attention_mask must have shape (batch, past_length + sequence) = ({B}, {past_length + T}). "
-            f"Received: attention_mask.shape={tuple(attention_mask_shape)}, {name}.shape={shape}, "
-            f"past_length={past_length}. With a cache, the mask covers the cached tokens too."
-        )
+    if attention_mask_shape is not None:
+        allowed = set()
+        if past_length is not None:
+            allowed.add((B, P + T))
+        if cache_max_length is not None:
+            allowed.add((B, cache_max_length))
+        if allowed and tuple(int(d) for d in attention_mask_shape) not in allowed:
+            buffer = f" or the whole KVCache buffer ({B}, {cache_max_length})" if cache_max_length is not None else ""
+            raise ValueError(
+                f"attention_mask must have shape (batch, past_length + sequence) = ({B}, {P + T}){buffer}. "
+                f"Received: attention_mask.shape={tuple(attention_mask_shape)}, {name}.shape={shape}, "
+                f"past_length={past_length}. With a cache, the mask covers the cached tokens too."
+            )
     if position_ids_shape is not None and tuple(position_ids_shape) not in ((B, T), (1, T)):
         raise ValueError(
             f"position_ids must have shape ({B}, {T}) or (1, {T}). Received: position_ids.shape="
@@ -98,21 +109,85 @@ def check_model_inputs(
         )
 
 
-def check_past_key_values(config: GPT2Config, past_key_values, batch_size: int) -> int:
-    """Validate a cache's structure and return its length (number of cached positions)."""
+def check_cache(
+    config: GPT2Config,
+    layer_shapes: Sequence[tuple[Sequence[int], Sequence[int]]],
+    batch_size: int,
+    query_length: int,
+    *,
+    length: int | None = None,
+    preallocated: bool = False,
+) -> int | None:
+    """The one cache check of every backend: a legacy `past_key_values` tuple or a preallocated `KVCache`.
+
+    Args:
+        config: The model config.
+        layer_shapes: Per layer, the (key shape, value shape).
+        batch_size: Batch of the new tokens.
+        query_length: Number of new tokens.
+        length: The KVCache's filled length when known (eager), None when traced or for a legacy tuple.
+        preallocated: A `KVCache` (buffers of S_max slots, `length` filled), else a legacy tuple (all slots filled).
+
+    Returns:
+        The number of cached positions: the key length of a legacy tuple, `length` of a KVCache (None if traced).
+    """
+    kind = "KVCache" if preallocated else "past_key_values"
+    if len(layer_shapes) != config.n_layer:
+        raise ValueError(
+            f"{kind} must hold one (key, value) pair per layer. Received: {len(layer_shapes)} layers for "
+            f"n_layer={config.n_layer}. Pass the cache returned by this model (or KVCache.init(config, ...))."
+        )
+    first = tuple(int(d) for d in layer_shapes[0][0])
+    S = first[2] if len(first) == 4 else -1
+    expected = (batch_size, config.n_head, S, config.head_dim)
+    for i, (k_shape, v_shape) in enumerate(layer_shapes):
+        for name, shape in (("key", k_shape), ("value", v_shape)):
+            shape = tuple(int(d) for d in shape)
+            if shape != expected:
+                raise ValueError(
+                    f"{kind} tensors must have shape (batch, n_head, cache_length, head_dim) = {expected}, the same "
+                    f"in every layer. Received: layer {i} {name}.shape={shape}. Pass the cache returned by this "
+                    "model for this batch."
+                )
+    if not preallocated:
+        return S
+    if length is not None:
+        if length < 0 or length + query_length > S:
+            raise ValueError(
+                f"The KVCache is full. Received: length={length} + {query_length} new tokens > max_length={S}. "
+                "Make a larger cache with KVCache.init(config, batch_size, max_length)."
+            )
+    return length
+
+
+def check_past_key_values(config: GPT2Config, past_key_values, batch_size: int, query_length: int = 1) -> int:
+    """Validate a legacy `past_key_values` tuple (every layer) and return its length."""
     if past_key_values is None:
         return 0
-    if len(past_key_values) != config.n_layer:
-        raise ValueError(
-            f"past_key_values must hold one (key, value) pair per layer. Received: {len(past_key_values)} entries "
-            f"for n_layer={config.n_layer}. Pass the past_key_values returned by this model."
-        )
-    k = past_key_values[0][0]
-    shape = tuple(int(d) for d in k.shape)
-    expected = (batch_size, config.n_head, shape[2] if len(shape) == 4 else -1, config.head_dim)
-    if len(shape) != 4 or shape[0] != batch_size or shape[1] != config.n_head or shape[3] != config.head_dim:
-        raise ValueError(
-            f"past_key_values tensors must have shape (batch, n_head, past_length, head_dim) = {expected}. "
-            f"Received: shape={shape}."
-        )
-    return shape[2]
+    shapes = [(tuple(k.shape), tuple(v.shape)) for k, v in past_key_values]
+    return check_cache(config, shapes, batch_size, query_length)
+
+
+# -- the heads' errors: one text for every backend ----------------------------------------------------------------
+
+
+def no_cross_attention_error() -> ValueError:
+    """`encoder_hidden_states` given to a model built without cross-attention."""
+    return ValueError(
+        "encoder_hidden_states were passed but the model has no cross-attention. "
+        "Received: config.add_cross_attention=False. Build the model with add_cross_attention=True."
+    )
+
+
+def no_pad_token_error(batch_size: int) -> ValueError:
+    """The sequence classifier cannot find each row's last token of a batch without `pad_token_id`."""
+    return ValueError(
+        f"Cannot pick each row's last token without a padding token. Received: batch size {batch_size}, "
+        "config.pad_token_id=None. Set config.pad_token_id (e.g. to the tokenizer's pad/eos id)."
+    )
+
+
+def check_sequence_classification_batch(config: GPT2Config, batch_size: int) -> None:
+    """transformers' rule: without `pad_token_id` only a batch of one row can be pooled."""
+    if config.pad_token_id is None and batch_size != 1:
+        raise no_pad_token_error(batch_size)

@@ -10,6 +10,15 @@
 * Left padding: prompts are padded on the left with an attention mask; position ids follow
   `reference.position_ids_from_attention_mask`, and each generated token extends the mask with a 1.
 
+* The decoding plan (`plan_decoding`), the same in every backend: the prompt is left-padded to
+  `bucket_length(T)` columns and the preallocated `KVCache` holds `bucket_length(max_new_tokens)` more slots, so a
+  compiled loop sees a few shapes only. Extra left padding changes nothing (padding keys are masked, position ids
+  count from the first real token). The buffer never exceeds `n_positions`: when the buckets would, the new-token
+  part, then the prompt part, falls back to its exact length. The attention mask covers the whole buffer:
+  `[0 * extra padding, the prompt's mask, 1 * new slots]` (future slots are hidden by the causal mask).
+* Trimming: the result is the caller's prompt (unpadded) followed by the generated columns up to the last step
+  any row needed (`steps`), never the bucket's spare columns.
+
 Random draws differ between frameworks, so only greedy decoding is bit-for-bit comparable across backends.
 """
 
@@ -46,6 +55,80 @@ class GenerationConfig:
     eos_token_id: tuple[int, ...] = ()
     pad_token_id: int = 0
     seed: int | None = None
+
+
+MIN_BUCKET = 16
+BUCKET_STEP = 64
+
+
+def bucket_length(n: int, limit: int | None = None) -> int:
+    """The shape bucket of a length: 16, 32, 64, then multiples of 64; at most `limit` (and at least n)."""
+    if n < 1:
+        raise ValueError(f"A bucketed length must be positive. Received: n={n}.")
+    b = max(MIN_BUCKET, 1 << (n - 1).bit_length()) if n <= BUCKET_STEP else -(-n // BUCKET_STEP) * BUCKET_STEP
+    return max(n, min(b, limit)) if limit is not None else b
+
+
+@dataclass(frozen=True)
+class DecodingPlan:
+    """Shapes of one `generate` call, decided once for every backend (see the module docstring).
+
+    Args:
+        batch_size: Rows of the prompt.
+        prompt_length: Columns of the caller's prompt, T.
+        prompt_bucket: Columns after left padding, Tb >= T.
+        max_new_tokens: Tokens to generate, N.
+        new_bucket: Cache slots for generated tokens, Nb >= N.
+    """
+
+    batch_size: int
+    prompt_length: int
+    prompt_bucket: int
+    max_new_tokens: int
+    new_bucket: int
+
+    @property
+    def cache_length(self) -> int:
+        """S_max: slots of the preallocated KVCache (prompt bucket + new-token bucket), <= n_positions."""
+        return self.prompt_bucket + self.new_bucket
+
+    @property
+    def extra_padding(self) -> int:
+        """Left padding columns added to the caller's prompt."""
+        return self.prompt_bucket - self.prompt_length
+
+
+def plan_decoding(
+    config: GPT2Config, batch_size: int, prompt_length: int, max_new_tokens: int, *, bucketed: bool = True
+) -> DecodingPlan:
+    """The decoding plan: bucketed prompt and cache sizes within `n_positions` (exact sizes if not `bucketed`)."""
+    T, N, limit = int(prompt_length), int(max_new_tokens), config.n_positions
+    if T + N > limit:
+        raise ValueError(
+            f"Sequence length {T + N} exceeds n_positions={limit}. Received: prompt length {T}, "
+            f"max_new_tokens={N}. Generate fewer tokens or crop the prompt."
+        )
+    Tb, Nb = (bucket_length(T, limit), bucket_length(N, limit)) if bucketed else (T, N)
+    if Tb + Nb > limit:
+        Nb = N
+    if Tb + Nb > limit:
+        Tb = T
+    return DecodingPlan(batch_size=int(batch_size), prompt_length=T, prompt_bucket=Tb, max_new_tokens=N, new_bucket=Nb)
+
+
+def pad_prompt(
+    plan: DecodingPlan, input_ids: np.ndarray, attention_mask: np.ndarray | None, pad_token_id: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Left-pad the prompt to the plan: ids (B, Tb) int32 and the whole-buffer attention mask (B, S_max) int32."""
+    ids = np.asarray(input_ids).astype(np.int32, copy=False)
+    B, T = ids.shape
+    mask = np.ones((B, T), np.int32) if attention_mask is None else np.asarray(attention_mask).astype(np.int32)
+    pad = plan.extra_padding
+    padded_ids = np.concatenate([np.full((B, pad), pad_token_id, np.int32), ids], axis=1)  # (B, Tb)
+    buffer_mask = np.concatenate(
+        [np.zeros((B, pad), np.int32), mask, np.ones((B, plan.new_bucket), np.int32)], axis=1
+    )  # (B, S_max)
+    return padded_ids, buffer_mask
 
 
 def make_generation_config(

@@ -27,14 +27,38 @@ References: OpenAI gpt-2 `src/model.py`; transformers `modeling_gpt2.py` (v5).
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Any, Mapping, Sequence
+import threading
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from gpt2_core.config import GPT2Config
 
 IGNORE_INDEX = -100
+
+_init_state = threading.local()
+
+
+@contextlib.contextmanager
+def skip_init() -> Iterator[None]:
+    """Build models without drawing their initial parameters (they are about to be loaded from a checkpoint).
+
+    The one skip-init rule of every backend: model constructors call `init_skipped()` and draw
+    `init_params` only when it is False. Thread-local, so another thread building a model is unaffected.
+    """
+    previous = getattr(_init_state, "skip", False)
+    _init_state.skip = True
+    try:
+        yield
+    finally:
+        _init_state.skip = previous
+
+
+def init_skipped() -> bool:
+    """True inside `skip_init()`: constructors leave their parameters for the caller to load."""
+    return getattr(_init_state, "skip", False)
 
 _erf = np.vectorize(math.erf, otypes=[np.float64])
 
@@ -83,17 +107,23 @@ def attention_scale(config: GPT2Config, layer_idx: int) -> float:
     return scale
 
 
-def position_ids_from_attention_mask(attention_mask: np.ndarray, query_length: int) -> np.ndarray:
-    """Position ids (B, T) of the last `query_length` tokens of a (B, S) padding mask (1 = token, 0 = padding).
+def position_ids_from_attention_mask(
+    attention_mask: np.ndarray, query_length: int, past_length: Any = None
+) -> np.ndarray:
+    """Position ids (B, T) of `query_length` tokens of a (B, S) padding mask (1 = token, 0 = padding).
 
-    `position = max(0, index - leading_pads)`: see the module docstring. Backends implement this same formula.
+    `position = max(0, index - leading_pads)`: see the module docstring. The queries are the last `query_length`
+    columns of the mask, or, when `past_length` is given (a preallocated cache whose mask covers the whole buffer),
+    the columns `past_length .. past_length + query_length - 1`. Every backend implements this function with this
+    signature and this algorithm.
     """
     mask = np.asarray(attention_mask)
     S = mask.shape[-1]
     # number of leading padding tokens: index of the first attended token, S for a row that is all padding
     leading = np.where((mask != 0).any(-1), np.argmax(mask != 0, axis=-1), S)  # (B,)
-    pos = np.maximum(np.arange(S)[None, :] - leading[:, None], 0)  # (B, S)
-    return pos[:, S - query_length :].astype(np.int64)
+    start = S - query_length if past_length is None else past_length
+    index = start + np.arange(query_length)  # (T,)
+    return np.maximum(index[None, :] - leading[:, None], 0).astype(np.int64)  # (B, T)
 
 
 def layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float) -> np.ndarray:
@@ -284,7 +314,11 @@ def sequence_summary(
 
 
 def last_non_pad_index(input_ids: np.ndarray | None, pad_token_id: int | None, seq_len: int) -> np.ndarray | int:
-    """Index of the token the sequence classifier pools: the rightmost token that is not padding."""
+    """Index of the token the sequence classifier pools: the rightmost token that is not padding.
+
+    transformers' rule (v5): `(arange(T) * (input_ids != pad)).argmax(-1)`, so a row of only padding pools index 0;
+    without `pad_token_id` or without `input_ids` (embeddings given) the last position, -1. Backends mirror this.
+    """
     if pad_token_id is None or input_ids is None:
         return -1
     non_pad = (np.asarray(input_ids) != pad_token_id).astype(np.int64)
