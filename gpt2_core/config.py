@@ -277,11 +277,20 @@ class GPT2Config:
         return cls(**{**PRESETS[key], **overrides})
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike, **overrides: Any) -> "GPT2Config":
-        """Read `config.json` from a local directory (or file) or a Hub id."""
-        from gpt2_core.hub import resolve_file
+    def from_pretrained(cls, name_or_path: str | os.PathLike, **kwargs: Any) -> "GPT2Config":
+        """Read `config.json` from a local directory (or file) or a Hub id.
 
-        path = resolve_file(name_or_path, CONFIG_NAME)
+        Args:
+            name_or_path: Local directory, `config.json` path, or Hub id.
+            **kwargs: The Hub keyword arguments `gpt2_core.hub.HUB_KWARGS` (`revision`, `cache_dir`, `token`,
+                `local_files_only`, `force_download`, `subfolder`), which the weights get too; any other keyword
+                overrides that config field.
+        """
+        from gpt2_core.hub import HUB_KWARGS, resolve_file
+
+        hub_kwargs = {k: kwargs.pop(k) for k in HUB_KWARGS if k in kwargs}
+        overrides = kwargs
+        path = resolve_file(name_or_path, CONFIG_NAME, **hub_kwargs)
         config = cls.from_json_file(path)
         for key, value in overrides.items():
             setattr(config, key, value)

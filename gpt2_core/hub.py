@@ -1,12 +1,14 @@
-"""Resolve a local directory or a Hugging Face Hub id to files, and read/write checkpoint files safely.
+"""Resolve a local directory or a Hugging Face Hub id to files, and write files atomically.
 
-* `resolve_file`: a local file or directory, else a Hub id downloaded with `huggingface_hub` (imported lazily).
-* `load_state_dict`: `model.safetensors` (also sharded, with `model.safetensors.index.json`) or `pytorch_model.bin`
-  (also sharded), read into `dict[str, np.ndarray]` in the file's names. `.bin` files are read with
-  `torch.load(weights_only=True)`, which refuses to unpickle arbitrary objects.
-* `save_safetensors`: atomic (temporary name, then rename), sharded on request with transformers' index json.
+* `WEIGHT_FILES`: the one list of "which files are weights", in priority order, with each file's format name.
+* `resolve_file`: a file of a local directory, else of a Hub repo downloaded with `huggingface_hub` (imported
+  lazily), with the Hub keyword arguments `HUB_KWARGS` (`revision`, `cache_dir`, `token`, `local_files_only`,
+  `force_download`, `subfolder`). A name that looks like a local path is never sent to the Hub.
+* `resolve_weights`: the first of `WEIGHT_FILES` a checkpoint has; for a shard index, every shard is fetched beside it.
+* `atomic_path` / `atomic_write_text` / `atomic_directory`: write under a temporary name, rename at the end.
 
-Everything here speaks file names only; `gpt2_core.naming` turns file names into canonical names.
+This module speaks file names only; reading and writing the formats lives in `weights_convert`, and
+`gpt2_core.naming` turns file names into canonical names. Standard library only (huggingface_hub when downloading).
 """
 
 from __future__ import annotations
@@ -15,11 +17,10 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator, Mapping
-
-import numpy as np
+from typing import Any, Iterator, Mapping
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +28,27 @@ SAFE_WEIGHTS_NAME = "model.safetensors"
 SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 WEIGHTS_NAME = "pytorch_model.bin"
 WEIGHTS_INDEX_NAME = "pytorch_model.bin.index.json"
-WEIGHT_FILES = (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, WEIGHTS_NAME, WEIGHTS_INDEX_NAME)
+TF_WEIGHTS_NAME = "tf_model.h5"
+TF_WEIGHTS_INDEX_NAME = "tf_model.h5.index.json"
+FLAX_WEIGHTS_NAME = "flax_model.msgpack"
+FLAX_WEIGHTS_INDEX_NAME = "flax_model.msgpack.index.json"
+
+# The weight files of a checkpoint directory or Hub repo, in the order they are preferred, and the
+# `weights_convert` format that reads each. A repo holding several (the Hub's gpt2 has all four) loads the first.
+WEIGHT_FILES: dict[str, str] = {
+    SAFE_WEIGHTS_NAME: "safetensors",
+    SAFE_WEIGHTS_INDEX_NAME: "safetensors",
+    WEIGHTS_NAME: "pytorch",
+    WEIGHTS_INDEX_NAME: "pytorch",
+    TF_WEIGHTS_NAME: "tf",
+    TF_WEIGHTS_INDEX_NAME: "tf",
+    FLAX_WEIGHTS_NAME: "flax",
+    FLAX_WEIGHTS_INDEX_NAME: "flax",
+}
+INDEX_SUFFIX = ".index.json"
+
+# Keyword arguments of `resolve_file` that the `from_pretrained` methods pass through.
+HUB_KWARGS = ("revision", "cache_dir", "token", "local_files_only", "force_download", "subfolder")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -70,222 +91,33 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Resolving names
-# ---------------------------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def atomic_directory(directory: str | os.PathLike, *, force: bool = False) -> Iterator[Path]:
+    """Yield a temporary directory beside `directory`; on success it replaces `directory`, on any error it is removed.
 
-
-def _looks_like_hub_id(name: str) -> bool:
-    parts = name.split("/")
-    return 1 <= len(parts) <= 2 and all(p and not p.startswith(".") for p in parts) and "\\" not in name
-
-
-def resolve_file(
-    name_or_path: str | os.PathLike,
-    filename: str,
-    *,
-    required: bool = True,
-    revision: str | None = None,
-    cache_dir: str | os.PathLike | None = None,
-    token: str | bool | None = None,
-    local_files_only: bool = False,
-) -> Path | None:
-    """Path of `filename` in a local directory, or downloaded from the Hub repo `name_or_path`.
-
-    Returns None when the file does not exist and `required` is False.
+    An existing `directory` is an error unless `force`; then it is swapped out only once the new one is complete.
     """
-    path = Path(name_or_path)
-    if path.is_file():
-        return path if path.name == filename or not path.is_dir() else None
-    if path.is_dir():
-        candidate = path / filename
-        if candidate.is_file():
-            return candidate
-        if required:
-            raise FileNotFoundError(
-                f"No {filename} in the directory. Received: name_or_path={str(name_or_path)!r}. "
-                f"Save the model there with save_pretrained, or pass the directory that holds {filename}."
-            )
-        return None
-    name = str(name_or_path)
-    if not _looks_like_hub_id(name):
-        raise FileNotFoundError(
-            f"No such directory, and not a Hub id. Received: name_or_path={name!r}. "
-            "Pass a local directory saved with save_pretrained or a Hub id such as 'openai-community/gpt2'."
+    directory = Path(directory)
+    if directory.exists() and not force:
+        raise FileExistsError(
+            f"The output already exists. Received: output={str(directory)!r}. Pass --force (force=True) to replace "
+            "it, or choose another directory."
         )
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
     try:
-        from huggingface_hub import hf_hub_download
-        from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
-    except ImportError as e:  # pragma: no cover - huggingface_hub is a core dependency
-        raise ImportError("Loading from the Hub needs huggingface_hub: pip install huggingface_hub") from e
-    try:
-        return Path(
-            hf_hub_download(
-                repo_id=name,
-                filename=filename,
-                revision=revision,
-                cache_dir=cache_dir,
-                token=token,
-                local_files_only=local_files_only,
-            )
-        )
-    except EntryNotFoundError:
-        if required:
-            raise FileNotFoundError(f"The Hub repo has no {filename}. Received: name_or_path={name!r}.") from None
-        return None
-    except RepositoryNotFoundError as e:
-        raise FileNotFoundError(
-            f"No such local directory or Hub repo. Received: name_or_path={name!r}. Check the name, or pass a "
-            "local directory."
-        ) from e
-    except LocalEntryNotFoundError as e:
-        if not required:
-            return None
-        raise FileNotFoundError(
-            f"Could not fetch {filename} of {name!r} from the Hub (offline, or no network) and it is not in the "
-            "local cache. Download it once with network access, or pass a local directory."
-        ) from e
-
-
-def resolve_weights(name_or_path: str | os.PathLike, **hub_kwargs) -> list[Path]:
-    """The weight files of a checkpoint: safetensors preferred, then pytorch .bin; shards resolved via the index."""
-    for filename in WEIGHT_FILES:
-        found = resolve_file(name_or_path, filename, required=False, **hub_kwargs)
-        if found is None:
-            continue
-        if filename.endswith(".index.json"):
-            index = _read_index(found)
-            shards = sorted(set(index["weight_map"].values()))
-            return [resolve_file(name_or_path, s, required=True, **hub_kwargs) for s in shards]  # type: ignore[misc]
-        return [found]
-    raise FileNotFoundError(
-        f"No weights found. Received: name_or_path={str(name_or_path)!r}. Expected one of {WEIGHT_FILES} "
-        "(or transformers 4.x tf_model.h5 / flax_model.msgpack). For an OpenAI checkpoint, convert first: "
-        "gpt2-convert SRC -o DST."
-    )
-
-
-def _read_index(path: Path) -> dict:
-    try:
-        index = json.loads(Path(path).read_text(encoding="utf-8"))
-        if not isinstance(index.get("weight_map"), dict):
-            raise ValueError("no weight_map")
-        return index
-    except (json.JSONDecodeError, ValueError, AttributeError) as e:
-        raise ValueError(f"Corrupt shard index. Received: path={str(path)!r} ({e}). Re-save the checkpoint.") from e
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Reading
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Every tensor of a `.safetensors` file as NumPy (bfloat16 is widened to float32)."""
-    from safetensors import SafetensorError, safe_open
-
-    out: dict[str, np.ndarray] = {}
-    try:
-        with safe_open(str(path), framework="numpy") as f:
-            for key in f.keys():
-                out[key] = f.get_tensor(key)
-    except (SafetensorError, OSError, ValueError) as e:
-        raise ValueError(
-            f"Cannot read the safetensors file; it is truncated or corrupt. Received: path={str(path)!r} ({e}). "
-            "Download or save it again."
-        ) from e
-    except TypeError as e:  # numpy has no bfloat16: go through torch if present
-        out = _read_safetensors_via_torch(path, e)
-    return out
-
-
-def _read_safetensors_via_torch(path, err) -> dict[str, np.ndarray]:
-    try:
-        import torch
-        from safetensors.torch import load_file
-    except ImportError:
-        raise ValueError(f"Cannot read {path}: {err}. Install torch to read bfloat16 safetensors files.") from err
-    return {k: (v.float() if v.dtype == torch.bfloat16 else v).numpy() for k, v in load_file(str(path)).items()}
-
-
-def read_torch_bin(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """A `pytorch_model.bin` state dict as NumPy, loaded with `weights_only=True` (no arbitrary unpickling)."""
-    try:
-        import torch
-    except ImportError as e:
-        raise ImportError(
-            f"Reading {Path(path).name} needs PyTorch (pip install 'gpt2-frameworks[torch]'), or convert it to "
-            "safetensors first."
-        ) from e
-    try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError... for bad files
-        raise ValueError(
-            f"Cannot read the PyTorch checkpoint; it is corrupt, truncated or holds objects other than tensors. "
-            f"Received: path={str(path)!r} ({type(e).__name__}: {str(e)[:200]})."
-        ) from e
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise ValueError(f"The PyTorch checkpoint does not hold a state dict. Received: type={type(state).__name__}.")
-    out = {}
-    for key, value in state.items():
-        if not hasattr(value, "detach"):
-            raise ValueError(f"The PyTorch checkpoint holds a non-tensor. Received: {key}={type(value).__name__}.")
-        t = value.detach().cpu()
-        if t.dtype == torch.bfloat16:
-            t = t.float()
-        out[key] = t.numpy()
-    return out
-
-
-# Files of transformers 4.x's TensorFlow and Flax classes: read through weights_convert (the one place that parses
-# them), so every backend's from_pretrained accepts them alike.
-OTHER_WEIGHT_FILES = {"tf_model.h5": "tf", "tf_model.h5.index.json": "tf", "flax_model.msgpack": "flax",
-                      "flax_model.msgpack.index.json": "flax"}
-
-
-def load_state_dict(name_or_path: str | os.PathLike, *, config=None, **hub_kwargs) -> dict[str, np.ndarray]:
-    """All tensors of a checkpoint (one file or shards), in Hub (PyTorch) names.
-
-    `model.safetensors` / `pytorch_model.bin` are read here; a checkpoint that has only a transformers 4.x
-    `tf_model.h5` or `flax_model.msgpack` is read by `weights_convert.formats` (checked against `config`).
-    """
-    try:
-        files = resolve_weights(name_or_path, **hub_kwargs)
-    except FileNotFoundError:
-        for filename, fmt in OTHER_WEIGHT_FILES.items():
-            found = resolve_file(name_or_path, filename, required=False, **hub_kwargs)
-            if found is not None:
-                return _read_other_format(found.parent if filename.endswith(".index.json") else found, fmt, config)
+        yield tmp
+        os.chmod(tmp, default_mode(directory=True))  # mkdtemp makes it private; give it a normal directory's mode
+        if directory.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".old", dir=directory.parent))
+            os.replace(directory, old / "x")
+            os.replace(tmp, directory)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
-    out: dict[str, np.ndarray] = {}
-    for f in files:
-        part = read_safetensors(f) if f.suffix == ".safetensors" else read_torch_bin(f)
-        dup = set(part) & set(out)
-        if dup:
-            raise ValueError(f"Tensor names repeat across shards. Received: {sorted(dup)[:5]} in {f.name}.")
-        out.update(part)
-    return out
-
-
-def _read_other_format(path: Path, fmt: str, config) -> dict[str, np.ndarray]:
-    try:
-        from weights_convert.formats import load_checkpoint
-    except ImportError as e:  # pragma: no cover - weights_convert ships in the same distribution
-        raise FileNotFoundError(
-            f"Only a {fmt} checkpoint was found, and reading it needs weights_convert. Received: path={str(path)!r}. "
-            "Convert it first: gpt2-convert SRC -o DST."
-        ) from e
-    from gpt2_core import naming
-
-    _, canonical, head = load_checkpoint(path, format=fmt, config=config)
-    return naming.to_hub_state_dict(canonical, head)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Writing
-# ---------------------------------------------------------------------------------------------------------------
 
 
 def parse_size(size: int | str) -> int:
@@ -303,46 +135,170 @@ def parse_size(size: int | str) -> int:
         raise ValueError(f"Cannot parse a size. Received: {size!r}. Use e.g. '5GB', '500MB' or bytes.") from None
 
 
-def save_safetensors(
-    state_dict: Mapping[str, np.ndarray],
-    directory: str | os.PathLike,
-    *,
-    max_shard_size: int | str | None = None,
-    metadata: Mapping[str, str] | None = None,
-) -> list[Path]:
-    """Write `model.safetensors`, or shards `model-0000i-of-0000n.safetensors` + the index json, atomically."""
-    from safetensors.numpy import save_file
+# ---------------------------------------------------------------------------------------------------------------
+# Resolving names
+# ---------------------------------------------------------------------------------------------------------------
 
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    meta = {"format": "pt", **(metadata or {})}
-    arrays = {k: np.ascontiguousarray(v) for k, v in state_dict.items()}
-    limit = parse_size(max_shard_size) if max_shard_size is not None else None
-    shards: list[dict[str, np.ndarray]] = [{}]
-    size = 0
-    for key, value in arrays.items():
-        if limit is not None and shards[-1] and size + value.nbytes > limit:
-            shards.append({})
-            size = 0
-        shards[-1][key] = value
-        size += value.nbytes
-    written = []
-    if len(shards) == 1:
-        path = directory / SAFE_WEIGHTS_NAME
-        with atomic_path(path) as tmp:
-            save_file(shards[0], str(tmp), metadata=meta)
-        return [path]
-    n = len(shards)
-    weight_map = {}
-    for i, shard in enumerate(shards, 1):
-        name = f"model-{i:05d}-of-{n:05d}.safetensors"
-        with atomic_path(directory / name) as tmp:
-            save_file(shard, str(tmp), metadata=meta)
-        written.append(directory / name)
-        weight_map.update({k: name for k in shard})
-    index = {"metadata": {"total_size": int(sum(v.nbytes for v in arrays.values()))}, "weight_map": weight_map}
-    atomic_write_text(directory / SAFE_WEIGHTS_INDEX_NAME, json.dumps(index, indent=2, sort_keys=True) + "\n")
-    stale = directory / SAFE_WEIGHTS_NAME
-    if stale.exists():
-        stale.unlink()
-    return written + [directory / SAFE_WEIGHTS_INDEX_NAME]
+
+def check_hub_kwargs(kwargs: Mapping[str, Any], owner: str = "from_pretrained") -> None:
+    """TypeError naming any keyword argument that is not one of `HUB_KWARGS`."""
+    unknown = sorted(set(kwargs) - set(HUB_KWARGS))
+    if unknown:
+        raise TypeError(f"{owner} got unexpected keyword arguments {unknown}. Hub keyword arguments are {HUB_KWARGS}.")
+
+
+def looks_like_path(name: str) -> bool:
+    """True when `name` is meant as a local path, so it is never sent to the Hub: absolute, `./`, `../` or `~`,
+    more than one `/` (a Hub id is `name` or `org/name`), a backslash, or a first component that exists here."""
+    if os.path.isabs(name) or name.startswith(("./", "../", "~", ".\\", "..\\")) or name in (".", ".."):
+        return True
+    if name.count("/") > 1 or "\\" in name or (os.sep != "/" and os.sep in name):
+        return True
+    parts = name.split("/")
+    if any(not p or p.startswith(".") for p in parts):
+        return True  # not a valid Hub id either
+    return len(parts) > 1 and os.path.exists(parts[0])
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().upper() in ("1", "ON", "YES", "TRUE")
+
+
+def _cache_dir(cache_dir: str | os.PathLike | None) -> str:
+    if cache_dir is not None:
+        return str(cache_dir)
+    try:
+        from huggingface_hub import constants
+
+        return str(constants.HF_HUB_CACHE)
+    except ImportError:  # pragma: no cover - huggingface_hub is a core dependency
+        return "the huggingface_hub cache"
+
+
+def resolve_file(
+    name_or_path: str | os.PathLike,
+    filename: str,
+    *,
+    required: bool = True,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    token: str | bool | None = None,
+    local_files_only: bool = False,
+    force_download: bool = False,
+    subfolder: str | None = None,
+) -> Path | None:
+    """Path of `filename` in a local directory, or of the Hub repo `name_or_path` (downloaded, or from the cache).
+
+    Args:
+        name_or_path: A local directory (or the file itself), or a Hub id (`gpt2`, `org/name`).
+        filename: The file to find, e.g. `config.json`.
+        required: Raise FileNotFoundError when the file does not exist; else return None.
+        revision, cache_dir, token, local_files_only, force_download, subfolder: as `huggingface_hub.hf_hub_download`.
+            `HF_HUB_OFFLINE=1` (read at call time) implies `local_files_only`.
+
+    Raises:
+        FileNotFoundError: a missing file (required), a local path that does not exist, a file not in the cache.
+    """
+    path = Path(name_or_path).expanduser()
+    if subfolder:
+        path = path / subfolder
+    if path.is_file():  # the file itself was given
+        return path
+    if path.is_dir():
+        candidate = path / filename
+        if candidate.is_file():
+            return candidate
+        if required:
+            raise FileNotFoundError(
+                f"No {filename} in the directory. Received: name_or_path={str(name_or_path)!r}. "
+                f"Save the model there with save_pretrained, or pass the directory that holds {filename}."
+            )
+        return None
+    name = str(name_or_path)
+    if looks_like_path(name):
+        raise FileNotFoundError(
+            f"No such local directory: {str(path)!r}. Received: name_or_path={name!r}. Check the path; a Hub id "
+            "has the form 'name' or 'org/name' (e.g. 'openai-community/gpt2')."
+        )
+    try:
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
+    except ImportError as e:  # pragma: no cover - huggingface_hub is a core dependency
+        raise ImportError("Loading from the Hub needs huggingface_hub: pip install huggingface_hub") from e
+    # Read at call time: huggingface_hub reads HF_HUB_OFFLINE only once, when it is imported.
+    offline = bool(local_files_only) or _env_flag("HF_HUB_OFFLINE")
+    try:
+        return Path(
+            hf_hub_download(
+                repo_id=name,
+                filename=filename,
+                subfolder=subfolder or None,
+                revision=revision,
+                cache_dir=cache_dir,
+                token=token,
+                local_files_only=offline,
+                force_download=force_download,
+            )
+        )
+    except LocalEntryNotFoundError as e:  # before EntryNotFoundError, its base class
+        if not required:
+            return None
+        cache = _cache_dir(cache_dir)
+        if offline:
+            raise FileNotFoundError(
+                f"{filename} of {name!r} is not in the cache {cache!r} (local_files_only=True or HF_HUB_OFFLINE=1, "
+                f"so nothing is downloaded). Received: name_or_path={name!r}, revision={revision!r}, "
+                f"cache_dir={None if cache_dir is None else str(cache_dir)!r}. Download it once with network "
+                "access, pass the cache_dir that holds it, or pass a local directory."
+            ) from e
+        raise FileNotFoundError(
+            f"Could not fetch {filename} of {name!r} from the Hub (no network?) and it is not in the cache "
+            f"{cache!r}. Received: name_or_path={name!r}, revision={revision!r}. Retry with network access, or "
+            "pass a local directory."
+        ) from e
+    except EntryNotFoundError:
+        if required:
+            raise FileNotFoundError(
+                f"The Hub repo has no {filename}. Received: name_or_path={name!r}, revision={revision!r}."
+            ) from None
+        return None
+    except RepositoryNotFoundError as e:
+        raise FileNotFoundError(
+            f"No such local directory or Hub repo. Received: name_or_path={name!r}. Check the name, or pass a "
+            "local directory."
+        ) from e
+
+
+def read_index(path: str | os.PathLike) -> dict[str, str]:
+    """The `weight_map` (tensor name -> shard file name) of a transformers shard index json."""
+    try:
+        index = json.loads(Path(path).read_text(encoding="utf-8"))
+        weight_map = index["weight_map"]
+        if not isinstance(weight_map, dict):
+            raise TypeError("weight_map is not an object")
+    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError, AttributeError) as e:
+        raise ValueError(f"Corrupt shard index. Received: path={str(path)!r} ({e}). Save the checkpoint again.") from e
+    return weight_map
+
+
+def resolve_weights(name_or_path: str | os.PathLike, **hub_kwargs: Any) -> Path:
+    """The weights of a checkpoint: the first of `WEIGHT_FILES` it has, as a local path.
+
+    For a shard index (`*.index.json`) every shard it lists is resolved (downloaded) too, so the shards lie beside
+    the returned index. The format that reads the file is `WEIGHT_FILES[path.name]`.
+    """
+    check_hub_kwargs(hub_kwargs, "resolve_weights")
+    if Path(name_or_path).expanduser().is_file():
+        return Path(name_or_path).expanduser()
+    for filename in WEIGHT_FILES:
+        found = resolve_file(name_or_path, filename, required=False, **hub_kwargs)
+        if found is None:
+            continue
+        if filename.endswith(INDEX_SUFFIX):
+            for shard in sorted(set(read_index(found).values())):
+                resolve_file(name_or_path, shard, required=True, **hub_kwargs)  # the Hub puts it beside the index
+        return found
+    raise FileNotFoundError(
+        f"No weights found. Received: name_or_path={str(name_or_path)!r}. Expected one of {tuple(WEIGHT_FILES)}. "
+        "For an OpenAI checkpoint, convert first: gpt2-convert SRC -o DST."
+    )

@@ -146,10 +146,29 @@ def head_shapes(config: GPT2Config, head: str) -> dict[str, tuple[tuple[int, ...
     return out
 
 
+_TABLES: dict[tuple[str, str], dict[str, tuple[tuple[int, ...], Rule]]] = {}
+_TABLES_MAX = 64
+
+
+def shape_table(config: GPT2Config, head: str = "base") -> Mapping[str, tuple[tuple[int, ...], Rule]]:
+    """Canonical key -> (shape, rule) of the model `head`: body then head keys, in checkpoint order.
+
+    Built once per (config, head) and cached, keyed by the config's JSON (so an edited config gets a new table);
+    the returned mapping is shared: do not modify it.
+    """
+    _check_head(head)
+    key = (config.to_json_string(), head)
+    table = _TABLES.get(key)
+    if table is None:
+        if len(_TABLES) >= _TABLES_MAX:
+            _TABLES.clear()
+        table = _TABLES[key] = {**body_shapes(config), **head_shapes(config, head)}
+    return table
+
+
 def canonical_shapes(config: GPT2Config, head: str = "base") -> dict[str, tuple[int, ...]]:
     """Every canonical key of the model `head` -> its shape."""
-    table = {**body_shapes(config), **head_shapes(config, head)}
-    return {k: shape for k, (shape, _) in table.items()}
+    return {k: shape for k, (shape, _) in shape_table(config, head).items()}
 
 
 def is_head_key(key: str) -> bool:
@@ -162,9 +181,12 @@ def backend_path(key: str, backend: str, config: GPT2Config, head: str = "base")
     Body paths are relative to the backend's body module; a task model's loader prefixes its attribute name
     (`transformer.`). Head paths are relative to the task model.
     """
+    return _backend_path(key, backend, shape_table(config, head))
+
+
+def _backend_path(key: str, backend: str, table: Mapping[str, tuple[tuple[int, ...], Rule]]) -> tuple[str, bool]:
     if backend not in BACKENDS:
         raise ValueError(f"Unknown backend. Received: backend={backend!r}. Use one of {BACKENDS}.")
-    table = {**body_shapes(config), **head_shapes(config, head)}
     if key not in table:
         raise KeyError(key)
     _, rule = table[key]
@@ -172,58 +194,88 @@ def backend_path(key: str, backend: str, config: GPT2Config, head: str = "base")
     return f"{module}.{rule.leaf[backend][leaf]}", rule.transpose[backend]
 
 
+def _backend_paths(backend: str, config: GPT2Config, head: str) -> dict[str, tuple[str, bool]]:
+    """Canonical key -> (full backend path, transpose?) for every key of `head` (body paths prefixed for task
+    models)."""
+    table = shape_table(config, head)
+    out = {}
+    for key in table:
+        path, transpose = _backend_path(key, backend, table)
+        if head != "base" and not is_head_key(key):
+            path = BODY_PREFIX + path
+        out[key] = (path, transpose)
+    return out
+
+
 def to_backend(
     canonical: Mapping[str, np.ndarray], backend: str, config: GPT2Config, head: str = "base"
 ) -> dict[str, np.ndarray]:
     """Canonical dict -> {backend path: array in backend layout}. Body paths get `transformer.` for task models."""
+    paths = _backend_paths(backend, config, head)
     out = {}
     for key, value in canonical.items():
-        path, transpose = backend_path(key, backend, config, head)
-        if head != "base" and not is_head_key(key):
-            path = BODY_PREFIX + path
+        if key not in paths:
+            raise KeyError(key)
+        path, transpose = paths[key]
         out[path] = np.ascontiguousarray(np.asarray(value).T) if transpose else np.asarray(value)
     return out
 
 
-def check_canonical(canonical: Mapping[str, np.ndarray], config: GPT2Config, head: str, owner: str) -> None:
-    """Strict check before loading into a model: exactly the keys of `head`, every shape right; the error lists
-    missing, unexpected and mis-shaped keys by name. Every backend's loader calls this."""
-    expected = canonical_shapes(config, head)
-    missing = sorted(set(expected) - set(canonical))
-    unexpected = sorted(set(canonical) - set(expected))
+def check_canonical(
+    canonical: Mapping[str, np.ndarray],
+    config: GPT2Config,
+    head: str,
+    owner: str = "the model",
+    *,
+    allow_missing_head: bool = False,
+) -> list[str]:
+    """The one strict check of a canonical dict against `config` and `head`: exactly the keys of `head`, every
+    shape right. The error lists missing, unexpected (under the name they were given) and mis-shaped keys.
+
+    Readers (`weights_convert`) run it on the file's shapes before reading any tensor, and every backend's
+    `load_canonical` on what it is given. With `allow_missing_head`, absent head keys (a base checkpoint read for a
+    classifier) are not an error and are returned, for the caller to initialise.
+
+    Returns:
+        The missing head keys (always empty unless `allow_missing_head`).
+    """
+    expected = shape_table(config, head)
+    missing = [k for k in expected if k not in canonical]
+    missing_head = [k for k in missing if is_head_key(k)] if allow_missing_head else []
+    missing = [k for k in missing if k not in missing_head]
+    unexpected = [k for k in canonical if k not in expected]
     wrong = [
-        f"{k}: expected {expected[k]}, found {tuple(np.shape(v))}"
+        f"{k}: expected {expected[k][0]}, found {tuple(np.shape(v))}"
         for k, v in canonical.items()
-        if k in expected and tuple(np.shape(v)) != tuple(expected[k])
+        if k in expected and tuple(np.shape(v)) != tuple(expected[k][0])
     ]
     if missing or unexpected or wrong:
+        problems = []
+        if missing:
+            problems.append(f"missing keys: {missing[:20]}")
+        if unexpected:
+            problems.append(f"unexpected keys: {unexpected[:20]}")
+        if wrong:
+            problems.append(f"wrong shapes: {wrong[:20]}")
         raise ValueError(
-            f"The weights do not fit {owner}. Received: missing={missing[:10]}, unexpected={unexpected[:10]}, "
-            f"wrong shapes={wrong[:10]}. Use weights made for this config and head."
+            f"The {owner} does not match the config (n_layer={config.n_layer}, n_embd={config.n_embd}, "
+            f"vocab_size={config.vocab_size}, n_positions={config.n_positions}, "
+            f"add_cross_attention={config.add_cross_attention}, head={head!r}). Received: " + "; ".join(problems)
+            + ". Use the config.json saved with these weights, or a checkpoint made for this config."
         )
+    return missing_head
 
 
 def canonical_names(backend: str, config: GPT2Config, head: str = "base") -> dict[str, str]:
     """{backend parameter path: canonical key} for a model of `head` (body paths prefixed for task models)."""
-    out = {}
-    for key in canonical_shapes(config, head):
-        path, _ = backend_path(key, backend, config, head)
-        if head != "base" and not is_head_key(key):
-            path = BODY_PREFIX + path
-        out[path] = key
-    return out
+    return {path: key for key, (path, _) in _backend_paths(backend, config, head).items()}
 
 
 def from_backend(
     params: Mapping[str, np.ndarray], backend: str, config: GPT2Config, head: str = "base"
 ) -> dict[str, np.ndarray]:
     """{backend path: array} -> canonical dict; the exact inverse of `to_backend`. Unknown paths are an error."""
-    reverse = {}
-    for key in canonical_shapes(config, head):
-        path, transpose = backend_path(key, backend, config, head)
-        if head != "base" and not is_head_key(key):
-            path = BODY_PREFIX + path
-        reverse[path] = (key, transpose)
+    reverse = {path: (key, transpose) for key, (path, transpose) in _backend_paths(backend, config, head).items()}
     unknown = sorted(set(params) - set(reverse))
     if unknown:
         raise ValueError(f"Parameters with no canonical name in backend {backend!r}. Received: {unknown[:10]}.")
@@ -240,6 +292,25 @@ def _check_head(head: str) -> None:
         raise ValueError(f"Unknown head. Received: head={head!r}. Use one of {HEADS}.")
 
 
+def select_head(
+    named: Mapping[str, np.ndarray], config: GPT2Config, head: str = "base"
+) -> dict[str, np.ndarray]:
+    """Tensors under canonical names (or Hub names: any task model's, `transformer.` prefix or not) -> the ones a
+    `head` model uses, under canonical names; other tasks' heads, a tied `lm_head.weight` copy and the buffers old
+    files carry (`IGNORED_KEY_PATTERNS`) are dropped. Names it does not know are kept as given, for `check_canonical`
+    to report as unexpected."""
+    expected = shape_table(config, head)
+    out: dict[str, np.ndarray] = {}
+    for key, value in named.items():
+        if any(p.match(key) for p in IGNORED_KEY_PATTERNS):
+            continue
+        name = key[len(BODY_PREFIX):] if key.startswith(BODY_PREFIX) else key
+        if is_head_key(name) and name not in expected:
+            continue  # another task's head, or lm_head.weight tied to wte
+        out[name if name in expected else key] = value
+    return out
+
+
 def from_hub_state_dict(
     state_dict: Mapping[str, np.ndarray],
     config: GPT2Config,
@@ -250,48 +321,13 @@ def from_hub_state_dict(
 ) -> tuple[dict[str, np.ndarray], list[str]]:
     """A Hub/transformers state dict (any task model's, any prefix) -> (canonical dict for `head`, missing head keys).
 
-    Strict: body keys must be exactly those `config` describes, with exactly the right shapes. The heads a checkpoint
-    lacks (loading the base `gpt2` checkpoint into a classifier) are returned so the caller initialises them, as
-    transformers does; a checkpoint's extra heads for other tasks are dropped.
+    `select_head`, then `check_canonical`: body keys must be exactly those `config` describes, with exactly the
+    right shapes. The heads a checkpoint lacks (loading the base `gpt2` checkpoint into a classifier) are returned
+    so the caller initialises them, as transformers does; a checkpoint's extra heads for other tasks are dropped.
     """
     _check_head(head)
-    expected = canonical_shapes(config, head)
-    canonical: dict[str, np.ndarray] = {}
-    unexpected = []
-    for key, value in state_dict.items():
-        if any(p.match(key) for p in IGNORED_KEY_PATTERNS):
-            continue
-        name = key[len(BODY_PREFIX):] if key.startswith(BODY_PREFIX) else key
-        if name == "lm_head.weight" and "lm_head.weight" not in expected:
-            continue  # tied to wte (or a head this model does not have)
-        if is_head_key(name) and name not in expected:
-            continue  # another task's head
-        if name not in expected:
-            unexpected.append(key)
-            continue
-        canonical[name] = np.asarray(value)
-    missing = [k for k in expected if k not in canonical]
-    missing_body = [k for k in missing if not is_head_key(k)]
-    missing_head = [k for k in missing if is_head_key(k)]
-    wrong = [
-        f"{k}: expected {expected[k]}, found {tuple(v.shape)}"
-        for k, v in canonical.items()
-        if tuple(v.shape) != tuple(expected[k])
-    ]
-    if missing_body or unexpected or wrong or (missing_head and not allow_missing_head):
-        problems = []
-        if missing_body or (missing_head and not allow_missing_head):
-            problems.append(f"missing keys: {(missing_body + (missing_head if not allow_missing_head else []))[:20]}")
-        if unexpected:
-            problems.append(f"unexpected keys: {unexpected[:20]}")
-        if wrong:
-            problems.append(f"wrong shapes: {wrong[:20]}")
-        raise ValueError(
-            f"The {source} does not match the config (n_layer={config.n_layer}, n_embd={config.n_embd}, "
-            f"vocab_size={config.vocab_size}, n_positions={config.n_positions}, "
-            f"add_cross_attention={config.add_cross_attention}). Received: " + "; ".join(problems)
-            + ". Use the config.json saved with these weights, or a checkpoint made for this config."
-        )
+    canonical = {k: np.asarray(v) for k, v in select_head(state_dict, config, head).items()}
+    missing_head = check_canonical(canonical, config, head, source, allow_missing_head=allow_missing_head)
     return canonical, missing_head
 
 
@@ -343,6 +379,13 @@ ARCHITECTURES = {
     "qa": "GPT2ForQuestionAnswering",
     "seqcls": "GPT2ForSequenceClassification",
     "tokcls": "GPT2ForTokenClassification",
+}
+# config.json `architectures` -> head, for every spelling a GPT-2 checkpoint carries: transformers' class names and
+# the TF/Flax class names old transformers 4.x TF and Flax classes wrote.
+ARCHITECTURE_HEADS = {
+    **{name: head for head, name in ARCHITECTURES.items()},
+    **{"TF" + name: head for head, name in ARCHITECTURES.items()},
+    **{"Flax" + name: head for head, name in ARCHITECTURES.items()},
 }
 HEAD_MODULES = {
     "multiple_choice_head": "double",  # checked first: a double-heads model may also carry an untied lm_head
@@ -511,3 +554,10 @@ def head_from_names(names, *, sep: str = ".") -> str | None:
         if module in tops:
             return head
     return None
+
+
+def head_from_architectures(architectures) -> str | None:
+    """The head a config.json's `architectures` list names (`ARCHITECTURE_HEADS`), or None."""
+    if not architectures:
+        return None
+    return ARCHITECTURE_HEADS.get(str(architectures[0]))

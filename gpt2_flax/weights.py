@@ -21,19 +21,15 @@ def _params(model) -> dict[str, nnx.Param]:
 
 
 def canonical_state_dict(model) -> dict[str, np.ndarray]:
-    """The model's parameters as canonical NumPy arrays (bfloat16 widened to float32)."""
-    params = {}
-    for path, var in _params(model).items():
-        value = var.get_value()
-        if value.dtype == jnp.bfloat16:
-            value = value.astype(jnp.float32)
-        params[path] = np.asarray(value)
+    """The model's parameters as canonical NumPy arrays in their own dtype (bfloat16 as ml_dtypes.bfloat16, the
+    rule of every reader in weights_convert)."""
+    params = {path: np.asarray(var.get_value()) for path, var in _params(model).items()}
     return naming.from_backend(params, "flax", model.config, model.head)
 
 
 def load_canonical(model, canonical: dict[str, np.ndarray]) -> None:
     """Copy a canonical dict into the model. Strict: every parameter set, every shape checked."""
-    naming.check_canonical(canonical, model.config, model.head, type(model).__name__)
+    naming.check_canonical(canonical, model.config, model.head, f"canonical dict for {type(model).__name__}")
     params = _params(model)
     backend = naming.to_backend(canonical, "flax", model.config, model.head)
     if set(backend) != set(params):

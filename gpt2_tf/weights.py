@@ -50,19 +50,15 @@ def named_variables(model: keras.layers.Layer) -> dict[str, tf.Variable]:
 
 
 def canonical_state_dict(model) -> dict[str, np.ndarray]:
-    """The model's parameters as canonical NumPy arrays (their own float dtype; bfloat16 widened to float32)."""
-    params = {}
-    for path, variable in named_variables(model).items():
-        value = variable.numpy()
-        if value.dtype.kind not in "fiu":
-            value = value.astype(np.float32)  # bfloat16 (an ml_dtypes type NumPy files cannot hold) -> float32
-        params[path] = value
+    """The model's parameters as canonical NumPy arrays in their own dtype (bfloat16 as ml_dtypes.bfloat16, the
+    rule of every reader in weights_convert)."""
+    params = {path: np.asarray(variable.numpy()) for path, variable in named_variables(model).items()}
     return naming.from_backend(params, "tf", model.config, model.head)
 
 
 def load_canonical(model, canonical: Mapping[str, np.ndarray]) -> None:
     """Copy a canonical dict into the model. Strict: every parameter set, every shape checked."""
-    naming.check_canonical(canonical, model.config, model.head, type(model).__name__)
+    naming.check_canonical(canonical, model.config, model.head, f"canonical dict for {type(model).__name__}")
     variables = named_variables(model)
     backend = naming.to_backend(canonical, "tf", model.config, model.head)
     if set(backend) != set(variables):

@@ -1,4 +1,8 @@
-"""Move parameters between a gpt2_torch model and the canonical dict, through gpt2_core.naming only."""
+"""Move parameters between a gpt2_torch model and the canonical dict, through gpt2_core.naming only.
+
+Canonical arrays keep the parameters' dtype; bfloat16 is `ml_dtypes.bfloat16` (the bits unchanged), the rule of
+every reader in `weights_convert`. `load_canonical` casts whatever it is given to each parameter's dtype.
+"""
 
 from __future__ import annotations
 
@@ -13,20 +17,35 @@ def _params(model) -> dict[str, torch.nn.Parameter]:
     return dict(model.named_parameters())
 
 
+def to_numpy(t: torch.Tensor) -> np.ndarray:
+    """A tensor as NumPy in its own dtype; bfloat16 keeps its bits as `ml_dtypes.bfloat16`."""
+    t = t.detach().cpu()
+    if t.dtype == torch.bfloat16:
+        import ml_dtypes
+
+        return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return t.numpy()
+
+
+def from_numpy(value: np.ndarray) -> torch.Tensor:
+    """A NumPy array (`ml_dtypes.bfloat16` included) as a CPU tensor of the same dtype."""
+    value = np.ascontiguousarray(value)
+    if not value.flags.writeable:  # torch.from_numpy shares memory and wants it writable
+        value = value.copy()
+    if value.dtype.name == "bfloat16":
+        return torch.from_numpy(value.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(value)
+
+
 def canonical_state_dict(model) -> dict[str, np.ndarray]:
-    """The model's parameters as canonical float32 (or their own float dtype) NumPy arrays."""
-    params = {}
-    for path, p in _params(model).items():
-        t = p.detach().cpu()
-        if t.dtype == torch.bfloat16:
-            t = t.float()
-        params[path] = t.numpy()
+    """The model's parameters as canonical NumPy arrays in their own dtype (bfloat16 as ml_dtypes.bfloat16)."""
+    params = {path: to_numpy(p) for path, p in _params(model).items()}
     return naming.from_backend(params, "torch", model.config, model.head)
 
 
 def load_canonical(model, canonical: dict[str, np.ndarray]) -> None:
     """Copy a canonical dict into the model. Strict: every parameter set, every shape checked."""
-    naming.check_canonical(canonical, model.config, model.head, type(model).__name__)
+    naming.check_canonical(canonical, model.config, model.head, f"canonical dict for {type(model).__name__}")
     params = _params(model)
     backend = naming.to_backend(canonical, "torch", model.config, model.head)
     if set(backend) != set(params):
@@ -34,4 +53,4 @@ def load_canonical(model, canonical: dict[str, np.ndarray]) -> None:
     with torch.no_grad():
         for path, value in backend.items():
             p = params[path]
-            p.copy_(torch.from_numpy(np.ascontiguousarray(value)).to(dtype=p.dtype, device=p.device))
+            p.copy_(from_numpy(value).to(dtype=p.dtype, device=p.device))

@@ -21,6 +21,7 @@ from gpt2_core import naming, reference
 from gpt2_core.config import GPT2Config
 from weights_convert import cli, convert, detect_format, load_checkpoint, open_checkpoint, save_checkpoint
 from weights_convert import formats as F
+from fixtures.hub_cache import no_network  # noqa: F401 - a fixture
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "hf4"
 TINY = dict(vocab_size=64, n_positions=16, n_embd=16, n_layer=2, n_head=2, bos_token_id=63, eos_token_id=63)
@@ -224,8 +225,10 @@ def test_large_leaves_chunked_like_flax(tmp_path, monkeypatch):
     the object-header limit are split like Keras does. Both read back, and flax's own decoder agrees."""
     config = tiny()
     w = weights(config, "lm", seed=12)
-    monkeypatch.setattr(F, "_MSGPACK_MAX_CHUNK", 1000)  # bytes: every matrix gets chunked
-    monkeypatch.setattr(F, "_HDF5_ATTR_LIMIT", 200)
+    from weights_convert.formats import flax_msgpack, tf_h5
+
+    monkeypatch.setattr(flax_msgpack, "_MSGPACK_MAX_CHUNK", 1000)  # bytes: every matrix gets chunked
+    monkeypatch.setattr(tf_h5, "_HDF5_ATTR_LIMIT", 200)
     save_checkpoint(tmp_path / "flax", config, w, "lm", to="flax")
     save_checkpoint(tmp_path / "tf", config, w, "lm", to="tf")
     assert_same(w, load_checkpoint(tmp_path / "flax")[1])
@@ -563,3 +566,185 @@ def test_transformers_v5_loads_our_output(tmp_path, fmt):
         logits = model(torch.tensor(IDS)).logits.numpy()
     want = reference.lm_logits(w, config, reference.forward(w, config, IDS)["last_hidden_state"])
     assert np.abs(logits - want).max() <= 1e-5
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Layers, the file-level safetensors helpers, bfloat16, and from_pretrained through the pipeline
+# ---------------------------------------------------------------------------------------------------------------
+
+BACKEND_PACKAGES = ("gpt2_torch", "gpt2_tf", "gpt2_flax", "gpt2_apps")
+
+
+def test_weights_convert_builds_no_model():
+    """weights_convert imports no backend (at any depth), and importing it imports no framework."""
+    import ast
+
+    from conftest import REPO
+
+    bad = []
+    for path in sorted((REPO / "weights_convert").rglob("*.py")):
+        if path.name == "verify.py":  # the cross-backend verifier: an application, moving to gpt2_apps
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else [])
+            bad += [f"{path.name}:{node.lineno} {n}" for n in names if n.split(".")[0] in BACKEND_PACKAGES]
+    assert not bad, bad
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, weights_convert, weights_convert.cli, weights_convert.conversion, weights_convert.pretrained;"
+        "import weights_convert.formats.safetensors, weights_convert.formats.pytorch, weights_convert.formats.tf_h5,"
+        " weights_convert.formats.flax_msgpack, weights_convert.formats.openai;"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'tensorflow', 'jax', 'flax', 'keras', 'h5py',"
+        " 'gpt2_torch', 'gpt2_tf', 'gpt2_flax', 'gpt2_apps')];"
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+def test_registry_has_one_module_per_format():
+    assert set(F.REGISTRY) == set(F.FORMATS) == {"safetensors", "pytorch", "tf", "flax", "openai"}
+    for name, fmt in F.REGISTRY.items():
+        assert fmt.name == name and callable(fmt.lister) and callable(fmt.writer)
+    from gpt2_core import hub
+    assert set(hub.WEIGHT_FILES.values()) <= set(F.FORMATS)
+
+
+def test_sharded_safetensors_files_round_trip(tmp_path):
+    params = weights(tiny(), "lm", seed=0)
+    state = naming.to_hub_state_dict(params, "lm")
+    files = F.save_safetensors(state, tmp_path, max_shard_size="10KB")
+    assert len(files) > 2 and (tmp_path / "model.safetensors.index.json").exists()
+    back = {}
+    for f in files[:-1]:
+        back.update(F.read_safetensors(f))
+    assert_same(state, back)
+    assert_same(params, load_checkpoint(tmp_path, config=tiny(), head="lm")[1])
+
+
+def test_truncated_safetensors_is_a_clear_error(tmp_path):
+    F.save_safetensors(weights(tiny(), "base"), tmp_path)
+    f = tmp_path / "model.safetensors"
+    f.write_bytes(f.read_bytes()[:100])
+    with pytest.raises(ValueError, match="truncated or corrupt"):
+        F.read_safetensors(f)
+
+
+def test_bfloat16_is_kept_on_every_read_path(tmp_path):
+    """The one bf16 rule: every reader gives ml_dtypes.bfloat16 (bits unchanged), load_pretrained too."""
+    import ml_dtypes
+
+    from weights_convert import load_pretrained
+    config = tiny()
+    w = weights(config, "lm", seed=3)
+    want = {k: v.astype(ml_dtypes.bfloat16) for k, v in w.items()}
+    src = save_checkpoint(tmp_path / "st", config, w, "lm", to="safetensors", dtype="bfloat16")
+    for fmt in ("safetensors", "pytorch", "flax"):
+        d = convert(src, tmp_path / fmt, to=fmt, progress=False) if fmt != "safetensors" else src
+        assert_same(want, load_checkpoint(d)[1])
+        loaded = load_pretrained(d, "lm")
+        assert loaded.missing_head_keys == [] and loaded.config.n_embd == config.n_embd
+        assert_same(want, loaded.canonical)
+
+
+def test_bfloat16_checkpoint_into_each_backend(backend, tmp_path):
+    import ml_dtypes
+    config = tiny()
+    w = weights(config, "lm", seed=4)
+    bf16 = {k: v.astype(ml_dtypes.bfloat16) for k, v in w.items()}
+    d = save_checkpoint(tmp_path / "st", config, w, "lm", to="safetensors", dtype="bfloat16")
+    got = backend.canonical(backend.load("lm", d))  # float32 parameters: the bf16 values, widened exactly
+    assert all(np.array_equal(got[k], bf16[k].astype(np.float32)) and got[k].dtype == np.float32 for k in w)
+    model = backend.load("lm", d, dtype="bfloat16")
+    got = backend.canonical(model)  # a bf16 model's canonical dict is bf16 too, bit for bit
+    assert all(got[k].dtype == bf16[k].dtype and np.array_equal(got[k], bf16[k]) for k in w)
+    backend.save(model, tmp_path / "again")
+    assert json.loads((tmp_path / "again" / "config.json").read_text())["dtype"] == "bfloat16"
+    assert_same(bf16, load_checkpoint(tmp_path / "again")[1])
+
+
+@pytest.mark.parametrize("revision", [None, "main", "sha"])
+def test_from_pretrained_from_a_hub_cache(backend, tmp_path, no_network, revision):
+    """A model saved by this library, put into a huggingface_hub cache: from_pretrained(hub_id, cache_dir=C,
+    local_files_only=True) with HF_HOME unset gives the reference logits, in every backend."""
+    from fixtures.hub_cache import SHA, cache_directory
+
+    config = tiny()
+    w = weights(config, "lm", seed=5)
+    backend.save(backend.build("lm", config, w), tmp_path / "saved")
+    assert json.loads((tmp_path / "saved" / "config.json").read_text())["architectures"] == ["GPT2LMHeadModel"]
+    cache_directory(tmp_path / "cache", "org/name", tmp_path / "saved")
+    model = backend.load("lm", "org/name", cache_dir=tmp_path / "cache", local_files_only=True,
+                         revision=SHA if revision == "sha" else revision)
+    logits = backend.forward(model, "lm", input_ids=IDS)["logits"]
+    want = reference.lm_logits(w, config, reference.forward(w, config, IDS)["last_hidden_state"])
+    assert np.abs(logits - want).max() <= 1e-4
+
+
+def test_from_pretrained_sharded_tf_checkpoint_from_a_hub_cache(backend, tmp_path, no_network):
+    """A Hub repo holding only a sharded checkpoint of another format (here tf_model.h5 shards + index, the layout
+    transformers 4.x's TF save_pretrained(max_shard_size=...) writes) downloads the index and every shard."""
+    import h5py
+    from fixtures.hub_cache import make_hub_cache
+
+    config = tiny()
+    w = weights(config, "lm", seed=6)
+    names = naming.file_names("tf_h5", config, "lm")
+    keys = list(w)
+    files, weight_map = {}, {}
+    for i, part in enumerate((keys[: len(keys) // 2], keys[len(keys) // 2:]), 1):
+        shard = f"tf_model-0000{i}-of-00002.h5"
+        with h5py.File(tmp_path / shard, "w") as f:  # 4.x's shards: one dataset per weight, named by its path
+            layer_names = []
+            for key in part:
+                name, layout = names[key]
+                f.create_dataset(name, data=naming.to_file_layout(w[key], layout))
+                layer_names.append(name.encode())
+                weight_map[name] = shard
+            f.attrs["layer_names"] = np.asarray(layer_names)
+        files[shard] = (tmp_path / shard).read_bytes()
+    files["tf_model.h5.index.json"] = json.dumps({"metadata": {}, "weight_map": weight_map}).encode()
+    files["config.json"] = F.output_config(config, "lm", None).to_json_string().encode()
+    make_hub_cache(tmp_path / "cache", "org/tf-sharded", files)
+    model = backend.load("lm", "org/tf-sharded", cache_dir=tmp_path / "cache", local_files_only=True)
+    got = backend.canonical(model)
+    assert all(np.array_equal(got[k], w[k]) for k in w)
+
+
+def test_from_pretrained_mistyped_path_and_missing_cache_file(backend, tmp_path, no_network, monkeypatch):
+    import huggingface_hub
+    from fixtures.hub_cache import make_hub_cache
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *a, **k: pytest.fail("sent to the Hub"))
+    with pytest.raises(FileNotFoundError, match="No such local directory") as e:
+        backend.load("lm", str(tmp_path / "checkpoints" / "typo"))
+    assert str(tmp_path / "checkpoints" / "typo") in str(e.value)
+    monkeypatch.undo()
+    for var in ("HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    make_hub_cache(tmp_path / "cache", "org/no-weights", {"config.json": tiny().to_json_string().encode()})
+    with pytest.raises(FileNotFoundError, match="No weights found"):
+        backend.load("lm", "org/no-weights", cache_dir=tmp_path / "cache", local_files_only=True)
+    make_hub_cache(tmp_path / "cache", "org/no-config", {"model.safetensors": b"x"})
+    with pytest.raises(FileNotFoundError, match="config.json of 'org/no-config' is not in the cache") as e:
+        backend.load("lm", "org/no-config", cache_dir=tmp_path / "cache", local_files_only=True)
+    assert str(tmp_path / "cache") in str(e.value)
+
+
+def test_unknown_hub_keyword_is_a_type_error(tmp_path):
+    from weights_convert import load_pretrained
+    save_checkpoint(tmp_path / "m", tiny(), weights(tiny(), "lm"), "lm")
+    with pytest.raises(TypeError, match="unexpected keyword arguments \\['revison'\\]"):
+        load_pretrained(tmp_path / "m", "lm", revison="main")
+
+
+def test_save_pretrained_architectures_from_naming(tmp_path):
+    from weights_convert import save_pretrained
+    for head in naming.HEADS:
+        config = tiny()
+        save_pretrained(tmp_path / head, config, weights(config, head), head)
+        data = json.loads((tmp_path / head / "config.json").read_text())
+        assert data["architectures"] == [naming.ARCHITECTURES[head]] and data["dtype"] == "float32"
+        assert load_checkpoint(tmp_path / head)[2] == head

@@ -192,7 +192,7 @@ def test_base_checkpoint_into_classifier_initialises_head(tmp_path, caplog):
 
 def test_old_checkpoint_buffers_are_ignored(tmp_path):
     """Old Hub files carry `h.N.attn.bias` / `masked_bias` buffers; they load without complaint."""
-    from gpt2_core.hub import read_safetensors, save_safetensors
+    from weights_convert.formats import read_safetensors, save_safetensors
 
     hf_model("lm", "default", tmp_path)
     state = read_safetensors(tmp_path / "model.safetensors")
@@ -203,7 +203,7 @@ def test_old_checkpoint_buffers_are_ignored(tmp_path):
 
 
 def test_unexpected_key_is_an_error(tmp_path):
-    from gpt2_core.hub import read_safetensors, save_safetensors
+    from weights_convert.formats import read_safetensors, save_safetensors
 
     hf_model("lm", "default", tmp_path)
     state = read_safetensors(tmp_path / "model.safetensors")

@@ -11,13 +11,13 @@ are one message on stderr, never a traceback (-v shows it).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import logging
 import sys
 import traceback
 
 from gpt2_core.naming import HEADS
-from weights_convert.formats import DTYPES, FORMATS, convert
+from weights_convert.conversion import convert
+from weights_convert.formats import DTYPES, FORMATS
 
 logger = logging.getLogger("weights_convert")
 
@@ -63,20 +63,18 @@ def _error(message: str, args) -> None:
 
 
 def _load_verify():
-    """`weights_convert.verify.verify_pair`, or None where that module (or the function) is not available."""
-    if importlib.util.find_spec("weights_convert.verify") is None:
-        return None
-    import weights_convert.verify as verify
-
-    return getattr(verify, "verify_pair", None)
+    """A `verify_pair(src, dst)` to run after converting, or None. The verifier builds models, so it lives above the
+    backends (`gpt2_apps.verify`); the `gpt2-convert` console script (`gpt2_apps.cli.convert_main`) runs it itself,
+    and this converter, which builds no model, never imports it. Tests and embedders may replace this hook."""
+    return None
 
 
 def _verify(src: str, dst: str) -> int:
     verify_pair = _load_verify()
     if verify_pair is None:
         print(
-            "gpt2-convert: --verify needs weights_convert.verify and the model backends (torch, tf or flax), which "
-            "are not available here; the conversion itself is done.",
+            "gpt2-convert: --verify needs the application layer (run `gpt2-convert` or `gpt2 convert`, from "
+            "gpt2_apps) and a model backend; the conversion itself is done.",
             file=sys.stderr,
         )
         return EXIT_OK
