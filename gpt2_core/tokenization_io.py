@@ -1,0 +1,420 @@
+"""Tokenizer files: find them (a local directory or a Hub id, through `gpt2_core.hub`), read them, write them.
+
+Reads and writes what transformers reads and writes for GPT-2: `vocab.json` + `merges.txt` (OpenAI's format),
+`tokenizer.json` (`tokenizers`' serialization, what transformers v5 loads first), `tokenizer_config.json` (with
+v4's `added_tokens_decoder` and v5's `extra_special_tokens`), `special_tokens_map.json` and `added_tokens.json`
+(v4's token -> id map of the added tokens). Every file is written to a temporary name and renamed
+(`gpt2_core.hub.atomic_write_text`), so an interrupted save never leaves a half-written vocabulary.
+
+References:
+    - huggingface/transformers `tokenization_utils_base.py` (`save_pretrained`, `from_pretrained`) and
+      `tokenization_utils_tokenizers.py` (v5): the file names and the fields of each file.
+    - huggingface/tokenizers: the `tokenizer.json` layout (`added_tokens`, `pre_tokenizer`, `post_processor`,
+      `decoder`, `model`).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger("gpt2_core.tokenization")
+
+VOCAB_FILES_NAMES = {"vocab_file": "vocab.json", "merges_file": "merges.txt"}
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+SPECIAL_TOKENS_MAP_FILE = "special_tokens_map.json"
+ADDED_TOKENS_FILE = "added_tokens.json"
+TOKENIZER_FILE = "tokenizer.json"
+
+_DATA_DIR = Path(__file__).resolve().with_name("data")
+_MERGES_HEADER = "#version: 0.2"
+
+# Checkpoints whose tokenizer is OpenAI's GPT-2 vocabulary with model_max_length=1024; `from_pretrained` serves
+# them from the shipped files without touching the network.
+KNOWN_GPT2_VOCAB_NAMES = frozenset(
+    {
+        "gpt2",
+        "gpt2-medium",
+        "gpt2-large",
+        "gpt2-xl",
+        "distilgpt2",
+        "openai-community/gpt2",
+        "openai-community/gpt2-medium",
+        "openai-community/gpt2-large",
+        "openai-community/gpt2-xl",
+        "distilbert/distilgpt2",
+    }
+)
+
+# transformers' VERY_LARGE_INTEGER: the model_max_length it writes when a checkpoint sets none.
+VERY_LARGE_INTEGER = int(1e30)
+
+# The roles a special token can have, in transformers' order (SPECIAL_TOKENS_ATTRIBUTES).
+SPECIAL_TOKEN_NAMES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+HUB_KWARGS = ("cache_dir", "revision", "token", "local_files_only", "force_download", "subfolder")
+
+
+@dataclass(frozen=True)
+class AddedToken:
+    """A token matched verbatim in text before BPE (transformers' / `tokenizers`' AddedToken, as data).
+
+    Args:
+        content: The token's text.
+        special: Whether it is a special token (skipped by `decode(skip_special_tokens=True)`).
+        single_word, lstrip, rstrip: Kept for the files; matching ignores them, as GPT-2's tokens never set them.
+        normalized: Kept for the files (GPT-2 has no normalizer, so it does not change matching).
+    """
+
+    content: str
+    special: bool = False
+    single_word: bool = False
+    lstrip: bool = False
+    rstrip: bool = False
+    normalized: bool | None = None
+
+    def to_dict(self, token_id: int | None = None) -> dict[str, Any]:
+        out: dict[str, Any] = {} if token_id is None else {"id": token_id}
+        out.update(
+            content=self.content,
+            single_word=self.single_word,
+            lstrip=self.lstrip,
+            rstrip=self.rstrip,
+            normalized=(not self.special) if self.normalized is None else self.normalized,
+            special=self.special,
+        )
+        return out
+
+    @classmethod
+    def from_value(cls, value: Any, special: bool | None = None) -> "AddedToken":
+        """From a str, a dict as in the files, or a transformers / `tokenizers` AddedToken."""
+        if isinstance(value, str):
+            return cls(value, special=bool(special))
+        if isinstance(value, Mapping) and isinstance(value.get("content"), str):
+            fields = {k: value[k] for k in ("single_word", "lstrip", "rstrip", "normalized") if k in value}
+            return cls(value["content"], special=bool(value.get("special", special)), **fields)
+        content = getattr(value, "content", None)
+        if isinstance(content, str):
+            is_special = getattr(value, "special", None)
+            return cls(
+                content,
+                special=bool(special if is_special is None else is_special or special),
+                single_word=bool(getattr(value, "single_word", False)),
+                lstrip=bool(getattr(value, "lstrip", False)),
+                rstrip=bool(getattr(value, "rstrip", False)),
+                normalized=getattr(value, "normalized", None),
+            )
+        raise TypeError(
+            f"A token must be a string or an AddedToken. Received: {value!r} of type {type(value).__name__}."
+        )
+
+
+def token_content(value: Any, name: str) -> str | None:
+    """A special token given as a str, a transformers/tokenizers AddedToken or its serialized dict."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, Mapping) and isinstance(value.get("content"), str):
+        return value["content"]
+    content = getattr(value, "content", None)
+    if isinstance(content, str):
+        return content
+    raise TypeError(f"{name} must be a string or None. Received: {name}={value!r}.")
+
+
+# ---------------------------------------------------------------------- reading
+
+
+def read_merges(path: str | os.PathLike) -> tuple[tuple[str, str], ...]:
+    merges = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            line = line.rstrip("\r\n")
+            if not line or (lineno == 1 and line.startswith("#version")):
+                continue
+            parts = line.split(" ")
+            if len(parts) != 2 or not all(parts):
+                raise ValueError(
+                    f"Malformed merges file: line {lineno} should hold two tokens separated by one space. "
+                    f"Received: {path}:{lineno}={line!r}. Pass a GPT-2 style merges.txt."
+                )
+            merges.append((parts[0], parts[1]))
+    return tuple(merges)
+
+
+def read_vocab(path: str | os.PathLike) -> dict[str, int]:
+    with open(path, encoding="utf-8") as f:
+        vocab = json.load(f)
+    if not isinstance(vocab, dict) or not all(isinstance(v, int) for v in vocab.values()):
+        raise ValueError(f"vocab.json must map token strings to integer ids. Received: {path}.")
+    return vocab
+
+
+@dataclass
+class TokenizerJson:
+    """What `tokenizer.json` holds for a byte-level BPE."""
+
+    vocab: dict[str, int]
+    merges: tuple[tuple[str, str], ...]
+    added_tokens: list[tuple[int, AddedToken]]
+    add_prefix_space: bool | None
+
+
+def read_tokenizer_json(path: str | os.PathLike) -> TokenizerJson:
+    """Vocabulary, merges and added tokens from a `tokenizers` JSON file (what transformers v5 writes)."""
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    model = data.get("model") or {}
+    if model.get("type") != "BPE":
+        raise ValueError(
+            f"{path} does not describe a BPE tokenizer. Received: model.type={model.get('type')!r}. "
+            "Pass a directory with GPT-2's vocab.json and merges.txt."
+        )
+    merges = tuple(tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"])
+    added = [(int(t["id"]), AddedToken.from_value(t)) for t in data.get("added_tokens") or []]
+    pre = data.get("pre_tokenizer") or {}
+    if pre.get("type") == "Sequence":
+        pre = next((p for p in pre.get("pretokenizers", []) if p.get("type") == "ByteLevel"), {})
+    add_prefix_space = pre.get("add_prefix_space") if pre.get("type") == "ByteLevel" else None
+    return TokenizerJson(dict(model["vocab"]), merges, added, add_prefix_space)  # type: ignore[arg-type]
+
+
+@functools.lru_cache(maxsize=1)
+def shipped_files() -> tuple[dict[str, int], tuple[tuple[str, str], ...]]:
+    """GPT-2's vocabulary and merges from `gpt2_core/data`; parsed once per process, never to be mutated."""
+    return read_vocab(_DATA_DIR / "vocab.json"), read_merges(_DATA_DIR / "merges.txt")
+
+
+_CONFIG_KEYS = (
+    "add_bos_token",
+    "add_prefix_space",
+    "errors",
+    "model_max_length",
+    "padding_side",
+    "truncation_side",
+    *SPECIAL_TOKEN_NAMES,
+)
+
+
+def read_config(path: str | os.PathLike, special_only: bool = False) -> dict[str, Any]:
+    """Constructor arguments from a `tokenizer_config.json` or `special_tokens_map.json`.
+
+    Added tokens come back under the private key `_added_tokens` as (id or None, AddedToken) pairs, the extra
+    special tokens under `additional_special_tokens`.
+    """
+    with open(path, encoding="utf-8") as f:
+        config = json.load(f)
+    keys = SPECIAL_TOKEN_NAMES if special_only else _CONFIG_KEYS
+    kwargs: dict[str, Any] = {k: config[k] for k in keys if k in config}
+    for name in SPECIAL_TOKEN_NAMES:
+        if name in kwargs:
+            kwargs[name] = token_content(kwargs[name], name)
+    extra = config.get("extra_special_tokens") or config.get("additional_special_tokens")
+    if isinstance(extra, Mapping):  # v5 may name them: {"name": token}
+        extra = list(extra.values())
+    if extra:
+        kwargs["additional_special_tokens"] = [token_content(t, "additional_special_tokens") for t in extra]
+    decoder = config.get("added_tokens_decoder")
+    if isinstance(decoder, Mapping) and not special_only:
+        kwargs["_added_tokens"] = sorted(
+            ((int(i), AddedToken.from_value(t)) for i, t in decoder.items()), key=lambda it: it[0]
+        )
+    if "model_max_length" in kwargs:
+        # transformers writes 1e30 when a checkpoint has no limit; JSON may give it back as a float.
+        kwargs["model_max_length"] = int(kwargs["model_max_length"])
+    return kwargs
+
+
+def read_added_tokens_json(path: str | os.PathLike) -> list[tuple[int, AddedToken]]:
+    """transformers v4's `added_tokens.json` (token -> id), as (id, AddedToken) pairs in id order."""
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    if not isinstance(data, dict):
+        raise ValueError(f"added_tokens.json must map token strings to ids. Received: {path}.")
+    return sorted(((int(i), AddedToken(t)) for t, i in data.items()), key=lambda it: it[0])
+
+
+# ---------------------------------------------------------------------- finding files
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+_OPTIONAL_FILES = (TOKENIZER_CONFIG_FILE, SPECIAL_TOKENS_MAP_FILE, ADDED_TOKENS_FILE)
+
+
+def resolve_tokenizer_files(name: str, hub_kwargs: Mapping[str, Any]) -> dict[str, Path | None]:
+    """Map file names to local paths (None for optional files that are absent).
+
+    A local directory or a Hub id, by `gpt2_core.hub.resolve_file`'s one rule; the known GPT-2 names use the
+    shipped vocabulary (all values None) without touching the network.
+    """
+    hub_kwargs = dict(hub_kwargs)
+    subfolder = hub_kwargs.pop("subfolder", None) or ""
+    if name in KNOWN_GPT2_VOCAB_NAMES and not subfolder and not Path(name).is_dir():
+        logger.debug("Using the shipped GPT-2 vocabulary for %r (no download).", name)
+        return {f: None for f in _OPTIONAL_FILES}
+    from gpt2_core import hub
+
+    # Read at call time: huggingface_hub reads HF_HUB_OFFLINE only once, when it is imported.
+    offline = bool(hub_kwargs.get("local_files_only")) or _env_flag("HF_HUB_OFFLINE")
+    hub_kwargs["local_files_only"] = offline
+    accepted = inspect.signature(hub.resolve_file).parameters
+    for key in list(hub_kwargs):
+        if key not in accepted:
+            logger.warning("%s=%r is not supported by gpt2_core.hub.resolve_file; ignored.", key, hub_kwargs[key])
+            del hub_kwargs[key]
+    root = Path(name).expanduser()
+    if subfolder and "subfolder" in accepted:
+        hub_kwargs["subfolder"] = subfolder
+
+    def fetch(filename: str) -> Path | None:
+        path = f"{subfolder.strip('/')}/{filename}" if subfolder and "subfolder" not in accepted else filename
+        try:
+            return hub.resolve_file(name, path, required=False, **hub_kwargs)
+        except FileNotFoundError as e:
+            raise OSError(
+                f"Tokenizer directory not found, and not a reachable Hub repo. Received: name_or_path={name!r} "
+                f"({e}). Pass an existing directory with vocab.json and merges.txt, a Hub repo id, or 'gpt2' for "
+                "the shipped vocabulary."
+            ) from e
+
+    files: dict[str, Path | None] = {}
+    vocab, merges = fetch("vocab.json"), None
+    if vocab is not None:
+        merges = fetch("merges.txt")
+    if vocab is not None and merges is not None:
+        files["vocab.json"], files["merges.txt"] = vocab, merges
+    else:
+        files[TOKENIZER_FILE] = fetch(TOKENIZER_FILE)
+        if files[TOKENIZER_FILE] is None:
+            note = ""
+            if offline and not root.is_dir():
+                note = " (offline: HF_HUB_OFFLINE or local_files_only is set, and it is not cached)"
+            where = f"directory {str(root / subfolder)!r}" if root.is_dir() else f"Hub repo {name!r}"
+            raise OSError(
+                f"Could not load a GPT-2 tokenizer for {name!r}{note}: the {where} has no vocab.json and "
+                f"merges.txt (nor a tokenizer.json). Received: name_or_path={name!r}. Pass a local directory with "
+                "vocab.json and merges.txt, a reachable Hub repo id, or 'gpt2' for the shipped vocabulary; save one "
+                "with tokenizer.save_pretrained(dir)."
+            )
+    for filename in _OPTIONAL_FILES:
+        files[filename] = fetch(filename)
+    return files
+
+
+# ---------------------------------------------------------------------- writing
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    from gpt2_core.hub import atomic_write_text
+
+    atomic_write_text(path, text)
+
+
+def _dumps(data: Any) -> str:
+    return json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def prepare_directory(save_directory: str | os.PathLike) -> Path:
+    directory = Path(save_directory)
+    if directory.exists() and not directory.is_dir():
+        raise ValueError(
+            f"save_directory must be a directory. Received: save_directory={os.fspath(save_directory)!r}, a file."
+        )
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
+
+
+def write_vocab_files(
+    directory: Path, encoder: Mapping[str, int], merges: Sequence[tuple[str, str]], prefix: str = ""
+) -> tuple[str, str]:
+    """`vocab.json` (compact, id order) and `merges.txt`: byte for byte OpenAI's files for GPT-2's vocabulary."""
+    vocab_path = directory / f"{prefix}{VOCAB_FILES_NAMES['vocab_file']}"
+    merges_path = directory / f"{prefix}{VOCAB_FILES_NAMES['merges_file']}"
+    ordered = dict(sorted(encoder.items(), key=lambda kv: kv[1]))
+    _atomic_write_text(vocab_path, json.dumps(ordered))
+    _atomic_write_text(merges_path, _MERGES_HEADER + "\n" + "".join(f"{a} {b}\n" for a, b in merges))
+    return str(vocab_path), str(merges_path)
+
+
+def tokenizer_json(
+    encoder: Mapping[str, int],
+    merges: Sequence[tuple[str, str]],
+    added_tokens: Sequence[tuple[int, AddedToken]],
+    *,
+    add_prefix_space: bool,
+    bos_token: str | None,
+    bos_token_id: int | None,
+    add_bos_token: bool,
+    unk_token: str | None,
+) -> dict[str, Any]:
+    """The `tokenizer.json` transformers v5 writes for GPT2Tokenizer (same pre-tokenizer, decoder, template)."""
+    if add_bos_token and bos_token_id is not None:
+        bos = {"SpecialToken": {"id": bos_token, "type_id": 0}}
+        single = [bos, {"Sequence": {"id": "A", "type_id": 0}}]
+        pair = [*single, {"SpecialToken": {"id": bos_token, "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}]
+        special = {bos_token: {"id": bos_token, "ids": [bos_token_id], "tokens": [bos_token]}}
+    else:
+        single = [{"Sequence": {"id": "A", "type_id": 0}}]
+        pair = [*single, {"Sequence": {"id": "B", "type_id": 1}}]
+        special = {}
+    return {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": [token.to_dict(i) for i, token in sorted(added_tokens, key=lambda it: it[0])],
+        "normalizer": None,
+        "pre_tokenizer": {
+            "type": "ByteLevel",
+            "add_prefix_space": bool(add_prefix_space),
+            "trim_offsets": True,
+            "use_regex": True,
+        },
+        "post_processor": {"type": "TemplateProcessing", "single": single, "pair": pair, "special_tokens": special},
+        "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
+        "model": {
+            "type": "BPE",
+            "dropout": None,
+            # Only set when the vocabulary lacks base byte tokens, which then become unk_token.
+            "unk_token": unk_token if unk_token in encoder else None,
+            "continuing_subword_prefix": "",
+            "end_of_word_suffix": "",
+            "fuse_unk": False,
+            "byte_fallback": False,
+            "ignore_merges": False,
+            "vocab": dict(sorted(encoder.items(), key=lambda kv: kv[1])),
+            "merges": [[a, b] for a, b in merges],
+        },
+    }
+
+
+def write_pretrained(
+    directory: Path,
+    *,
+    config: Mapping[str, Any],
+    special_tokens_map: Mapping[str, Any],
+    added_vocab: Mapping[str, int],
+    tokenizer_json_data: Mapping[str, Any],
+) -> list[str]:
+    """Write `tokenizer_config.json`, `special_tokens_map.json`, `tokenizer.json` and, when tokens were added
+    beyond `vocab.json`, `added_tokens.json`; return their paths."""
+    written = []
+    for filename, data in (
+        (TOKENIZER_CONFIG_FILE, config),
+        (SPECIAL_TOKENS_MAP_FILE, special_tokens_map),
+    ):
+        _atomic_write_text(directory / filename, _dumps(data))
+        written.append(str(directory / filename))
+    _atomic_write_text(directory / TOKENIZER_FILE, json.dumps(tokenizer_json_data, ensure_ascii=False, indent=2))
+    written.append(str(directory / TOKENIZER_FILE))
+    if added_vocab:
+        _atomic_write_text(directory / ADDED_TOKENS_FILE, _dumps(dict(added_vocab)))
+        written.append(str(directory / ADDED_TOKENS_FILE))
+    return written
