@@ -13,8 +13,9 @@
 * The decoding plan (`plan_decoding`), the same in every backend: the prompt is left-padded to
   `bucket_length(T)` columns and the preallocated `KVCache` holds `bucket_length(max_new_tokens)` more slots, so a
   compiled loop sees a few shapes only. Extra left padding changes nothing (padding keys are masked, position ids
-  count from the first real token). The buffer never exceeds `n_positions`: when the buckets would, the new-token
-  part, then the prompt part, falls back to its exact length. The attention mask covers the whole buffer:
+  count from the first real token). The buffer never exceeds `n_positions`: near the limit the prompt bucket
+  shrinks to `n_positions - max_new_tokens`, then the new-token bucket to what is left (never below the exact
+  sizes), so the shapes stay fixed within a bucket. The attention mask covers the whole buffer:
   `[0 * extra padding, the prompt's mask, 1 * new slots]` (future slots are hidden by the causal mask).
 * Trimming: the result is the caller's prompt (unpadded) followed by the generated columns up to the last step
   any row needed (`steps`), never the bucket's spare columns.
@@ -108,18 +109,27 @@ def plan_decoding(
             f"Sequence length {T + N} exceeds n_positions={limit}. Received: prompt length {T}, "
             f"max_new_tokens={N}. Generate fewer tokens or crop the prompt."
         )
-    Tb, Nb = (bucket_length(T, limit), bucket_length(N, limit)) if bucketed else (T, N)
-    if Tb + Nb > limit:
-        Nb = N
-    if Tb + Nb > limit:
-        Tb = T
+    if not bucketed:
+        Tb, Nb = T, N
+    else:
+        # Buckets shrink to what n_positions leaves (never below the exact size), so near the limit the shapes
+        # still stay fixed within a bucket instead of following every new length.
+        Tb = max(T, min(bucket_length(T), limit - N))
+        Nb = max(N, min(bucket_length(N), limit - Tb))
     return DecodingPlan(batch_size=int(batch_size), prompt_length=T, prompt_bucket=Tb, max_new_tokens=N, new_bucket=Nb)
 
 
+# The id written into the extra left-padding columns: any valid id does (those keys are masked out), and 0 is valid
+# in every vocabulary, whereas a `pad_token_id` may lie past the embedding rows (an added token before a resize).
+PROMPT_PAD_ID = 0
+
+
 def pad_prompt(
-    plan: DecodingPlan, input_ids: np.ndarray, attention_mask: np.ndarray | None, pad_token_id: int
+    plan: DecodingPlan, input_ids: np.ndarray, attention_mask: np.ndarray | None, pad_token_id: int = PROMPT_PAD_ID
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Left-pad the prompt to the plan: ids (B, Tb) int32 and the whole-buffer attention mask (B, S_max) int32."""
+    """Left-pad the prompt to the plan: ids (B, Tb) int32 and the whole-buffer attention mask (B, S_max) int32.
+
+    Backends check the caller's prompt (ids in range) before padding, so errors name the caller's values."""
     ids = np.asarray(input_ids).astype(np.int32, copy=False)
     B, T = ids.shape
     mask = np.ones((B, T), np.int32) if attention_mask is None else np.asarray(attention_mask).astype(np.int32)

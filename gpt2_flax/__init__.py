@@ -5,6 +5,7 @@ modules that load and save the same checkpoints as the PyTorch classes.
 """
 
 from gpt2_core.config import GPT2Config
+from gpt2_flax.cache import KVCache
 from gpt2_flax.model import (
     FlaxGPT2DoubleHeadsModel,
     FlaxGPT2ForQuestionAnswering,
@@ -13,7 +14,6 @@ from gpt2_flax.model import (
     FlaxGPT2LMHeadModel,
     FlaxGPT2Model,
     FlaxGPT2PreTrainedModel,
-    KVCache,
     default_rngs,
 )
 

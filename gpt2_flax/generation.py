@@ -1,18 +1,18 @@
 """Compiled cached decoding for gpt2_flax: one prefill and a `lax.while_loop` over a preallocated KV cache, in one
 `jax.jit` program.
 
-Follows gpt2_core.generation (argument checks, logit processing order, stopping and padding rules) and
-gpt2_core.reference (position ids of left-padded prompts), like gpt2_torch.generation; what differs is only what
-compiling needs:
+Follows gpt2_core.generation: the decoding plan (`plan_decoding`: prompt and new-token buckets, cache length;
+`pad_prompt`: left padding and the whole-buffer attention mask), argument checks, logit processing order, stopping,
+padding and trimming rules; and gpt2_core.reference (position ids of left-padded prompts), like gpt2_torch and
+gpt2_tf. What is left here is JAX's step, sampler and loop:
 
-* The cache is a `gpt2_flax.model.KVCache`: per layer k and v (B, N, S_max, H) written with `dynamic_update_slice`
-  at the filled length; attention runs over the whole buffer, future slots masked by position (causal mask).
+* The cache is a `gpt2_flax.cache.KVCache` of `plan.cache_length` slots: per layer k and v (B, N, S_max, H) written
+  with `dynamic_update_slice` at the filled length; attention runs over the whole buffer, future slots masked by
+  position (causal mask).
 * The parameters are an argument of the compiled program (`nnx.split`), not constants baked into it, so one program
   serves any weights of the same model structure.
-* Shapes are bucketed: the prompt is left-padded to `bucket(T)` columns (masked padding keys and the core's
-  position-id rule make the extra padding change nothing) and the buffer holds `bucket(max_new_tokens)` more
-  slots; the real `max_new_tokens`, eos ids, temperature, top_k and top_p are traced values. Each (batch, prompt
-  bucket, new-token bucket, greedy or sampling) compiles once and is cached by `jax.jit`.
+* Shapes come from the plan's buckets; the real `max_new_tokens`, eos ids, temperature, top_k and top_p are traced
+  values. Each (batch, prompt bucket, new-token bucket, greedy or sampling) compiles once and is cached by `jax.jit`.
 
 References: flax `examples/gemma/sampler.py` (cache layout, split parameters); keras-hub `samplers/`.
 """
@@ -28,8 +28,8 @@ import numpy as np
 from flax import nnx
 
 from gpt2_core import checks
-from gpt2_core.generation import GenerationConfig, make_generation_config
-from gpt2_flax.model import KVCache
+from gpt2_core.generation import GenerationConfig, make_generation_config, pad_prompt, plan_decoding
+from gpt2_flax.cache import KVCache
 
 _traces = 0
 
@@ -37,13 +37,6 @@ _traces = 0
 def trace_count() -> int:
     """How many times the decode program has been traced (= compiled), over all models and shapes."""
     return _traces
-
-
-def bucket(n: int) -> int:
-    """The shape bucket of a length: powers of two from 8 to 64, then multiples of 64."""
-    if n <= 64:
-        return max(8, 1 << (n - 1).bit_length())
-    return -(-n // 64) * 64
 
 
 def process_logits(logits: jax.Array, gen: GenerationConfig) -> jax.Array:
@@ -108,15 +101,15 @@ def _generate(
     global _traces
     _traces += 1  # runs only while tracing
     model = nnx.merge(structure.graphdef, state)
-    B, T = input_ids.shape
+    B, S_max = attention_mask.shape  # the plan's whole-buffer mask: padding, the prompt's mask, 1 per new slot
     # Sampling settings are traced: top_k = V and top_p = 2 (no filtering) stand for "off".
     gen = GenerationConfig(do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p)
-    cache = KVCache.init(model.config, B, T + new_bucket, model.dtype)
-    # The mask covers the whole buffer: the prompt's, then 1 for every token to come (causality hides the future).
-    mask = jnp.concatenate([attention_mask, jnp.ones((B, new_bucket), attention_mask.dtype)], axis=1)  # (B, S_max)
+    cache = KVCache.init(model.config, B, S_max, model.dtype)
 
     def step(tokens: jax.Array, cache: KVCache, i: jax.Array) -> tuple[jax.Array, KVCache]:
-        out = model.transformer(tokens, past_key_values=cache, attention_mask=mask, use_cache=True, deterministic=True)
+        out = model.transformer(
+            tokens, past_key_values=cache, attention_mask=attention_mask, use_cache=True, deterministic=True
+        )
         logits = model.lm_logits(out.last_hidden_state[:, -1])  # (B, V): the head on the last position only
         if gen.do_sample:
             nxt = jax.random.categorical(jax.random.fold_in(key, i), process_logits(logits, gen), axis=-1)
@@ -193,12 +186,9 @@ def generate(
         config, input_ids=ids, input_shape=ids.shape, inputs_embeds_shape=None, attention_mask_shape=mask.shape,
         position_ids=None, position_ids_shape=None, token_type_ids_shape=None, past_length=0,
     )
-    T_pad, new_bucket = bucket(T), bucket(gen.max_new_tokens)
-    # Left-pad to the bucket with token 0 (any valid id: these keys are masked out).
-    padded_ids = np.zeros((B, T_pad), np.int32)
-    padded_ids[:, T_pad - T :] = ids
-    padded_mask = np.zeros((B, T_pad), np.int32)
-    padded_mask[:, T_pad - T :] = mask
+    plan = plan_decoding(config, B, T, gen.max_new_tokens)
+    # Left-pad (gpt2_core.generation.PROMPT_PAD_ID; those keys are masked out); the mask covers the whole buffer.
+    padded_ids, buffer_mask = pad_prompt(plan, ids, mask)
     if prng_key is None:
         prng_key = jax.random.key(gen.seed if gen.seed is not None else int(np.random.default_rng().integers(2**31 - 1)))
     graphdef, state = nnx.split(model)
@@ -206,7 +196,7 @@ def generate(
         _Structure(graphdef, config),
         state,
         jnp.asarray(padded_ids),
-        jnp.asarray(padded_mask),
+        jnp.asarray(buffer_mask),
         jnp.int32(gen.max_new_tokens),
         jnp.asarray(gen.eos_token_id or (-1,), jnp.int32),
         jnp.int32(gen.pad_token_id),
@@ -214,7 +204,7 @@ def generate(
         jnp.int32(gen.top_k if gen.top_k is not None else config.vocab_size),
         jnp.float32(gen.top_p if gen.top_p is not None else 2.0),
         prng_key,
-        new_bucket=new_bucket,
+        new_bucket=plan.new_bucket,
         do_sample=gen.do_sample,
     )
     return jnp.concatenate([jnp.asarray(ids, jnp.int32), generated[:, : int(n)]], axis=1)

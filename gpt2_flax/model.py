@@ -4,9 +4,12 @@ Mirrors `gpt2_torch/model.py` class for class and name for name; every decision 
 mask fill, position ids of padded batches, losses) follows `gpt2_core.reference`. What differs is only what JAX
 needs: parameters cannot alias (the tied LM head multiplies by `wte.embedding` instead of sharing a second
 parameter), dropout draws from `nnx.Rngs` and is switched by `model.train()` / `model.eval()` or `deterministic`, and
-a preallocated `KVCache` (updated with `dynamic_update_slice`, returned rather than mutated) lets decoding compile to
-a fixed shape. The public `past_key_values` stays transformers' tuple of per-layer `(k, v)` that grows by
-concatenation.
+the cache (`gpt2_flax.cache.KVCache`, preallocated, updated with `dynamic_update_slice`, returned rather than
+mutated) lets decoding compile to a fixed shape.
+
+One attention path: with `use_cache` (or a past given) attention always goes through a `KVCache`. transformers'
+`past_key_values` tuple of per-layer `(k, v)` is converted at the edge (`KVCache.from_legacy(past, max_length=P + T)`
+in, `to_legacy()` out); a `KVCache` passed in is returned as a `KVCache`.
 
 Shapes: B batch, T query length, S key length (past + new, or the cache buffer), N heads, H head dim, C n_embd,
 V vocab.
@@ -22,16 +25,14 @@ import dataclasses
 import logging
 import math
 import os
-import threading
-from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from gpt2_core import checks, naming, reference
+from gpt2_core import checks, reference
 from gpt2_core.config import GPT2Config
 from gpt2_core.outputs import (
     OUTPUT_CLASSES,
@@ -42,6 +43,7 @@ from gpt2_core.outputs import (
     SequenceClassifierOutputWithPast,
     TokenClassifierOutput,
 )
+from gpt2_flax.cache import KVCache
 
 logger = logging.getLogger(__name__)
 
@@ -90,42 +92,13 @@ def position_ids_from_attention_mask(
     return jnp.maximum(index[None, :] - leading[:, None], 0)  # (B, T)
 
 
-@dataclasses.dataclass
-class KVCache:
-    """A preallocated key/value cache: per layer k and v of shape (B, N, S_max, H), and the filled length.
-
-    Passed as `past_key_values`, the model writes the new keys and values at `length` (`dynamic_update_slice`),
-    attends over the whole buffer masked by position, and returns the updated cache with `length + T`. The
-    attention mask then covers the whole buffer, (B, S_max). Shapes never change, so a decode loop compiles once.
-
-    Args:
-        key: Per layer keys, (B, N, S_max, H).
-        value: Per layer values, (B, N, S_max, H).
-        length: Number of filled positions (int32 scalar).
-    """
-
-    key: tuple[jax.Array, ...]
-    value: tuple[jax.Array, ...]
-    length: jax.Array
-
-    @classmethod
-    def init(cls, config: GPT2Config, batch_size: int, max_length: int, dtype: Any = jnp.float32) -> "KVCache":
-        shape = (batch_size, config.n_head, max_length, config.head_dim)  # (B, N, S_max, H)
-        zeros = tuple(jnp.zeros(shape, dtype) for _ in range(config.n_layer))
-        return cls(key=zeros, value=zeros, length=jnp.zeros((), jnp.int32))
-
-    @property
-    def max_length(self) -> int:
-        return self.key[0].shape[2]
-
-    def __len__(self) -> int:
-        return len(self.key)
-
-    def __getitem__(self, i: int) -> tuple[jax.Array, jax.Array]:
-        return self.key[i], self.value[i]
-
-
-jax.tree_util.register_dataclass(KVCache, data_fields=["key", "value", "length"], meta_fields=[])
+def last_non_pad_index(input_ids: jax.Array | None, pad_token_id: int | None, seq_len: int) -> jax.Array | int:
+    """gpt2_core.reference.last_non_pad_index: the rightmost token that is not padding (a row of only padding: 0);
+    -1 (the last position) without `pad_token_id` or without `input_ids`."""
+    if pad_token_id is None or input_ids is None:
+        return -1
+    non_pad = (jnp.asarray(input_ids) != pad_token_id).astype(jnp.int32)
+    return (jnp.arange(seq_len) * non_pad).argmax(-1)
 
 
 # -- construction helpers ---------------------------------------------------------------------------------------
@@ -146,24 +119,6 @@ def _layer_norm(config: GPT2Config, rngs: nnx.Rngs) -> nnx.LayerNorm:
 def _dropout(rate: float | None, rngs: nnx.Rngs) -> nnx.Dropout:
     # Built in eval mode (deterministic), as transformers' Flax models ran by default; `model.train()` enables it.
     return nnx.Dropout(rate or 0.0, deterministic=True, rngs=rngs)
-
-
-_init_state = threading.local()
-
-
-@contextlib.contextmanager
-def _no_init() -> Iterator[None]:
-    """Build models without the reference init (their parameters are about to be loaded): torch's meta device."""
-    previous = getattr(_init_state, "skip", False)
-    _init_state.skip = True
-    try:
-        yield
-    finally:
-        _init_state.skip = previous
-
-
-def _skip_init() -> bool:
-    return getattr(_init_state, "skip", False)
 
 
 def default_rngs(seed: int = 0) -> nnx.Rngs:
@@ -193,6 +148,11 @@ def _min_max(x: Any) -> np.ndarray | None:
     return np.array([int(x.min()), int(x.max())])
 
 
+def _as_return(output: Any, return_dict: bool | None) -> Any:
+    # transformers' `return_dict`: the output dataclass (True, or None), else its non-None fields in order.
+    return output if return_dict is not False else output.to_tuple()
+
+
 def _as_array(x: Any) -> jax.Array | None:
     # NumPy (or nested lists) in, JAX out; None stays None.
     return None if x is None else jnp.asarray(x)
@@ -212,6 +172,7 @@ class FlaxGPT2Attention(nnx.Module):
         C = config.n_embd
         self.n_head = config.n_head
         self.head_dim = config.head_dim
+        self.layer_idx = layer_idx
         self.is_cross_attention = is_cross_attention
         self.scale = reference.attention_scale(config, layer_idx)
         self.reorder_and_upcast_attn = config.reorder_and_upcast_attn
@@ -231,11 +192,10 @@ class FlaxGPT2Attention(nnx.Module):
     def __call__(
         self,
         x: jax.Array,
-        layer_past: tuple[jax.Array, jax.Array] | None = None,
+        cache: KVCache | None = None,
         causal: jax.Array | None = None,
         key_ok: jax.Array | None = None,
         encoder_hidden_states: jax.Array | None = None,
-        cache_index: jax.Array | None = None,
         deterministic: bool | None = None,
     ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None, jax.Array]:
         B, T, C = x.shape
@@ -245,13 +205,9 @@ class FlaxGPT2Attention(nnx.Module):
         else:
             q, k, v = jnp.split(self.c_attn(x), 3, axis=2)
         q, k, v = self._split_heads(q), self._split_heads(k), self._split_heads(v)  # (B, N, T, H)
-        if layer_past is not None and cache_index is None:
-            k = jnp.concatenate([layer_past[0], k], axis=2)  # (B, N, S, H)
-            v = jnp.concatenate([layer_past[1], v], axis=2)
-        elif layer_past is not None:
-            # Preallocated cache: write at the filled length; the buffer keeps its shape (B, N, S_max, H).
-            k = jax.lax.dynamic_update_slice(layer_past[0], k.astype(layer_past[0].dtype), (0, 0, cache_index, 0))
-            v = jax.lax.dynamic_update_slice(layer_past[1], v.astype(layer_past[1].dtype), (0, 0, cache_index, 0))
+        if cache is not None:
+            # Write at the filled length and attend over the whole buffer (B, N, S_max, H); `causal` hides the rest.
+            k, v = cache.update(self.layer_idx, k, v)
         present = None if self.is_cross_attention else (k, v)
         if self.reorder_and_upcast_attn:
             # Mistral: scale q before the product and keep scores and softmax in float32 (fp16/bf16 stability).
@@ -310,25 +266,21 @@ class FlaxGPT2Block(nnx.Module):
     def __call__(
         self,
         x: jax.Array,
-        layer_past: tuple[jax.Array, jax.Array] | None = None,
+        cache: KVCache | None = None,
         causal: jax.Array | None = None,
         key_ok: jax.Array | None = None,
         encoder_hidden_states: jax.Array | None = None,
         encoder_key_ok: jax.Array | None = None,
-        cache_index: jax.Array | None = None,
         deterministic: bool | None = None,
     ) -> tuple[jax.Array, Any, jax.Array, jax.Array | None]:
-        y, present, att = self.attn(self.ln_1(x), layer_past, causal, key_ok, None, cache_index, deterministic)
+        y, present, att = self.attn(self.ln_1(x), cache, causal, key_ok, None, deterministic)
         x = x + y
         cross_att = None
         if encoder_hidden_states is not None:
             if not hasattr(self, "crossattention"):
-                raise ValueError(
-                    "encoder_hidden_states were passed but the model has no cross-attention. "
-                    "Received: config.add_cross_attention=False. Build the model with add_cross_attention=True."
-                )
+                raise checks.no_cross_attention_error()
             y, _, cross_att = self.crossattention(
-                self.ln_cross_attn(x), None, None, encoder_key_ok, encoder_hidden_states, None, deterministic
+                self.ln_cross_attn(x), None, None, encoder_key_ok, encoder_hidden_states, deterministic
             )
             x = x + y
         x = x + self.mlp(self.ln_2(x), deterministic)
@@ -377,7 +329,7 @@ class FlaxGPT2PreTrainedModel(nnx.Module):
     def from_config(cls, config: GPT2Config, seed: int | None = None) -> "FlaxGPT2PreTrainedModel":
         """A model initialised with `gpt2_core.reference.init_params(config, head, seed)` (random seed if None):
         the same seed gives the same weights in every framework."""
-        with _no_init():
+        with reference.skip_init():
             model = cls(config, rngs=default_rngs(seed if seed is not None else 0))
         model.init_weights(seed)
         return model
@@ -401,29 +353,24 @@ class FlaxGPT2PreTrainedModel(nnx.Module):
             config: Use this config instead of the checkpoint's `config.json`.
             dtype: Parameter dtype (`jnp.bfloat16`, `"float16"`, ...); float32 by default.
             rngs: Dropout randomness (and the init of missing heads); `default_rngs(0)` by default.
-            **hub_kwargs: `revision`, `cache_dir`, `token`, `local_files_only` for Hub downloads.
+            **hub_kwargs: `gpt2_core.hub.HUB_KWARGS` (`revision`, `cache_dir`, `token`, `local_files_only`,
+                `force_download`, `subfolder`), for config.json and the weights alike.
         """
-        from gpt2_core.hub import load_state_dict
         from gpt2_flax.weights import cast_params
+        from weights_convert.pretrained import load_pretrained
 
-        if config is None:
-            config = GPT2Config.from_pretrained(pretrained_model_name_or_path)
         rngs = rngs if rngs is not None else default_rngs()
-        state = load_state_dict(pretrained_model_name_or_path, config=config, **hub_kwargs)
-        canonical, missing_head = naming.from_hub_state_dict(
-            state, config, cls.head, source=f"checkpoint {str(pretrained_model_name_or_path)!r}"
+        loaded = load_pretrained(
+            pretrained_model_name_or_path,
+            cls.head,
+            config=config,
+            owner=cls.__name__,
+            init_seed=lambda: _seed_from(rngs),
+            **hub_kwargs,
         )
-        with _no_init():
-            model = cls(config, rngs=rngs)
-        if missing_head:
-            logger.warning(
-                "%s: %s not in the checkpoint; newly initialised. Train the model before using it for predictions.",
-                cls.__name__,
-                missing_head,
-            )
-            init = reference.init_params(config, cls.head, _seed_from(rngs))
-            canonical.update({k: init[k] for k in missing_head})
-        model.load_canonical(canonical)
+        with reference.skip_init():
+            model = cls(loaded.config, rngs=rngs)
+        model.load_canonical(loaded.canonical)
         if dtype is not None:
             cast_params(model, dtype)
         model.eval()
@@ -432,19 +379,13 @@ class FlaxGPT2PreTrainedModel(nnx.Module):
     def save_pretrained(
         self, save_directory: str | os.PathLike, *, max_shard_size: int | str | None = None, safe_serialization: bool = True
     ) -> None:
-        """Write `config.json` + `model.safetensors` (sharded above `max_shard_size`) that transformers loads."""
-        from gpt2_core.hub import save_safetensors
+        """Write `config.json` + `model.safetensors` (sharded above `max_shard_size`) that transformers loads
+        (`weights_convert.pretrained.save_pretrained`)."""
+        from weights_convert.pretrained import save_pretrained
 
         if not safe_serialization:
             raise ValueError("Only safetensors is written. Received: safe_serialization=False. Use gpt2-convert --to pytorch.")
-        directory = Path(save_directory)
-        config = self.config.copy()
-        # transformers' class name (without "Flax"), as its Flax models wrote it, so any framework loads the files.
-        config.extra["architectures"] = [type(self).__name__.removeprefix("Flax")]
-        config.extra["dtype"] = str(np.dtype(self.dtype))
-        state = naming.to_hub_state_dict(self.canonical_state_dict(), self.head)
-        save_safetensors(state, directory, max_shard_size=max_shard_size)
-        config.save_pretrained(directory)
+        save_pretrained(save_directory, self.config, self.canonical_state_dict(), self.head, max_shard_size=max_shard_size)
 
     def num_parameters(self) -> int:
         return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(nnx.state(self, nnx.Param)))
@@ -472,7 +413,7 @@ class FlaxGPT2Model(FlaxGPT2PreTrainedModel):
         self.drop = _dropout(config.embd_pdrop, rngs)
         self.h = nnx.List([FlaxGPT2Block(config, i, rngs=rngs) for i in range(config.n_layer)])
         self.ln_f = _layer_norm(config, rngs)
-        if type(self) is FlaxGPT2Model and not _skip_init():
+        if type(self) is FlaxGPT2Model and not reference.init_skipped():
             self.init_weights(_seed_from(rngs))
 
     def get_input_embeddings(self) -> nnx.Embed:
@@ -491,9 +432,12 @@ class FlaxGPT2Model(FlaxGPT2PreTrainedModel):
         use_cache: bool | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
-        return_dict: bool = True,
+        return_dict: bool | None = None,
         deterministic: bool | None = None,
     ) -> BaseModelOutputWithPastAndCrossAttentions:
+        """transformers' GPT2Model arguments. `past_key_values` is transformers' tuple (returned as a tuple when
+        `use_cache`) or a `KVCache` (always returned as the advanced `KVCache`; its mask covers `length + T` columns,
+        or the whole buffer). `return_dict=False` returns `to_tuple()`."""
         config = self.config
         use_cache = config.use_cache if use_cache is None else use_cache
         input_ids, attention_mask, token_type_ids, position_ids = (
@@ -513,37 +457,60 @@ class FlaxGPT2Model(FlaxGPT2PreTrainedModel):
             attention_mask = None if attention_mask is None else attention_mask.reshape(-1, attention_mask.shape[-1])
             token_type_ids = None if token_type_ids is None else token_type_ids.reshape(-1, token_type_ids.shape[-1])
             position_ids = None if position_ids is None else position_ids.reshape(-1, position_ids.shape[-1])
-        B = (input_ids if input_ids is not None else inputs_embeds).shape[0]
+        shape = (input_ids if input_ids is not None else inputs_embeds).shape
+        B, T = shape[0], (shape[1] if len(shape) > 1 else 0)
         preallocated = isinstance(past_key_values, KVCache)
         if preallocated:
             P = past_key_values.length
-            _check_cache(config, past_key_values, B, input_ids, inputs_embeds, attention_mask)
+            past_length = checks.check_cache(
+                config,
+                [(k.shape, v.shape) for k, v in zip(past_key_values.key, past_key_values.value)],
+                B,
+                T,
+                length=None if _is_traced(P) else int(P),
+                preallocated=True,
+            )
         else:
-            P = checks.check_past_key_values(config, past_key_values, B)
+            past_length = P = checks.check_past_key_values(config, past_key_values, B, T)
         checks.check_model_inputs(
             config,
             input_ids=_min_max(input_ids),
             input_shape=None if input_ids is None else tuple(input_ids.shape),
             inputs_embeds_shape=None if inputs_embeds is None else tuple(inputs_embeds.shape),
-            attention_mask_shape=None if attention_mask is None or preallocated else tuple(attention_mask.shape),
+            attention_mask_shape=None if attention_mask is None else tuple(attention_mask.shape),
             position_ids=_min_max(position_ids),
             position_ids_shape=None if position_ids is None else tuple(position_ids.shape),
             token_type_ids_shape=None if token_type_ids is None else tuple(token_type_ids.shape),
-            past_length=0 if preallocated else P,
+            past_length=past_length,
+            cache_max_length=past_key_values.max_length if preallocated else None,
         )
         if inputs_embeds is None:
             inputs_embeds = self.wte(input_ids)  # (B, T, C)
         T = inputs_embeds.shape[1]
         S = past_key_values.max_length if preallocated else P + T
+        if attention_mask is not None and attention_mask.shape[-1] < S:
+            # (B, length + T) -> (B, S_max): the slots after length + T are future keys, hidden by the causal mask.
+            fill = jnp.ones((B, S - attention_mask.shape[-1]), attention_mask.dtype)
+            attention_mask = jnp.concatenate([attention_mask, fill], axis=1)  # (B, S)
         if position_ids is None:
             if attention_mask is not None:
-                position_ids = position_ids_from_attention_mask(attention_mask, T, P if preallocated else None)
+                position_ids = position_ids_from_attention_mask(attention_mask, T, P)
             else:
                 position_ids = (P + jnp.arange(T))[None, :]
         x = inputs_embeds + self.wpe(position_ids)
         if token_type_ids is not None:
             x = x + self.wte(token_type_ids)
         x = self.drop(x, deterministic=deterministic)
+
+        # One attention path: with a cache, every layer writes its k, v into a KVCache and attends over its buffer.
+        if preallocated:
+            cache = past_key_values
+        elif past_key_values is not None:
+            cache = KVCache.from_legacy(past_key_values, max_length=S)
+        elif use_cache:
+            cache = KVCache.init(config, B, S, x.dtype)
+        else:
+            cache = None
 
         # causal[t, s]: key s is not in query t's future; key_ok[b, 0, 0, s]: key s is not padding
         causal = jnp.arange(S)[None, :] <= (P + jnp.arange(T))[:, None]  # (T, S)
@@ -552,18 +519,15 @@ class FlaxGPT2Model(FlaxGPT2PreTrainedModel):
         if encoder_hidden_states is not None and encoder_attention_mask is not None:
             encoder_key_ok = (encoder_attention_mask != 0)[:, None, None, :]  # (B, 1, 1, S_enc)
 
-        presents = [] if use_cache else None
+        presents = []
         all_hidden = [x] if output_hidden_states else None
         all_att = [] if output_attentions else None
         all_cross = [] if (output_attentions and encoder_hidden_states is not None) else None
-        cache_index = P if preallocated else None
-        for i, block in enumerate(self.h):
-            layer_past = past_key_values[i] if past_key_values is not None else None
+        for block in self.h:
             x, present, att, cross_att = block(
-                x, layer_past, causal, key_ok, encoder_hidden_states, encoder_key_ok, cache_index, deterministic
+                x, cache, causal, key_ok, encoder_hidden_states, encoder_key_ok, deterministic
             )
-            if use_cache:
-                presents.append(present)
+            presents.append(present)
             if output_attentions:
                 all_att.append(att)
                 if all_cross is not None:
@@ -578,40 +542,19 @@ class FlaxGPT2Model(FlaxGPT2PreTrainedModel):
             x = x.reshape(*lead_shape, *x.shape[-2:])
             if output_hidden_states:
                 all_hidden[-1] = x
-        if use_cache and preallocated:
-            presents = KVCache(key=tuple(k for k, _ in presents), value=tuple(v for _, v in presents), length=P + T)
-        return BaseModelOutputWithPastAndCrossAttentions(
+        past = None
+        if cache is not None:
+            cache = cache.advance([k for k, _ in presents], [v for _, v in presents], T)
+            # A KVCache in is a KVCache out, whatever use_cache says; transformers' tuple at the edge otherwise.
+            past = cache if preallocated else (cache.to_legacy() if use_cache else None)
+        out = BaseModelOutputWithPastAndCrossAttentions(
             last_hidden_state=x,
-            past_key_values=(presents if preallocated else tuple(presents)) if use_cache else None,
+            past_key_values=past,
             hidden_states=tuple(all_hidden) if output_hidden_states else None,
             attentions=tuple(all_att) if output_attentions else None,
             cross_attentions=tuple(all_cross) if all_cross is not None else None,
         )
-
-
-def _check_cache(
-    config: GPT2Config, cache: KVCache, B: int, input_ids: Any, inputs_embeds: Any, attention_mask: Any
-) -> None:
-    """Shape checks of a preallocated cache (its length is only checked when known, i.e. not under jit)."""
-    shape = tuple(cache.key[0].shape)
-    expected = (B, config.n_head, shape[2], config.head_dim)
-    if len(cache) != config.n_layer or shape != expected:
-        raise ValueError(
-            f"The KVCache does not fit the model. Received: {len(cache)} layers of shape {shape}; expected "
-            f"{config.n_layer} layers of shape {expected}. Make it with KVCache.init(config, batch_size, max_length)."
-        )
-    S_max = shape[2]
-    T = (input_ids if input_ids is not None else inputs_embeds).shape[1]
-    if attention_mask is not None and tuple(attention_mask.shape) != (B, S_max):
-        raise ValueError(
-            f"With a KVCache the attention_mask covers the whole cache buffer ({B}, {S_max}). "
-            f"Received: attention_mask.shape={tuple(attention_mask.shape)}."
-        )
-    if not _is_traced(cache.length) and int(cache.length) + T > S_max:
-        raise ValueError(
-            f"The KVCache is full. Received: length={int(cache.length)} + {T} new tokens > max_length={S_max}. "
-            "Make a larger cache with KVCache.init."
-        )
+        return _as_return(out, return_dict)
 
 
 class FlaxGPT2LMHeadModel(FlaxGPT2PreTrainedModel):
@@ -631,7 +574,7 @@ class FlaxGPT2LMHeadModel(FlaxGPT2PreTrainedModel):
         # Tied: the logits use wte's embedding (JAX parameters cannot alias), so there is no lm_head parameter.
         if not config.tie_word_embeddings:
             self.lm_head = _linear(config.n_embd, config.vocab_size, rngs, use_bias=False)
-        if not _skip_init():
+        if not reference.init_skipped():
             self.init_weights(_seed_from(rngs))
 
     def lm_logits(self, x: jax.Array) -> jax.Array:
@@ -654,7 +597,7 @@ class FlaxGPT2LMHeadModel(FlaxGPT2PreTrainedModel):
         use_cache: bool | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
-        return_dict: bool = True,
+        return_dict: bool | None = None,
         deterministic: bool | None = None,
     ) -> CausalLMOutputWithCrossAttentions:
         out = self.transformer(
@@ -675,7 +618,7 @@ class FlaxGPT2LMHeadModel(FlaxGPT2PreTrainedModel):
         loss = None
         if labels is not None:
             loss = lm_loss(logits, labels)
-        return CausalLMOutputWithCrossAttentions(
+        output = CausalLMOutputWithCrossAttentions(
             loss=loss,
             logits=logits,
             past_key_values=out.past_key_values,
@@ -683,6 +626,7 @@ class FlaxGPT2LMHeadModel(FlaxGPT2PreTrainedModel):
             attentions=out.attentions,
             cross_attentions=out.cross_attentions,
         )
+        return _as_return(output, return_dict)
 
     def generate(self, input_ids: jax.Array, **kwargs: Any) -> jax.Array:
         """Compiled cached decoding; see `gpt2_flax.generation.generate` for the arguments."""
@@ -749,13 +693,17 @@ class FlaxGPT2DoubleHeadsModel(FlaxGPT2PreTrainedModel):
     """GPT-2 with a language-modeling head and a multiple-choice head (RocStories/SWAG style).
 
     Args:
-        config: The model config; as in transformers, `num_labels` is set to 1.
+        config: The model config; as in transformers, the model's copy has `num_labels = 1` (the caller's config is
+            not changed).
         rngs: Randomness: the seed of the reference init (`params` stream) and dropout; `default_rngs(0)` by default.
     """
 
     head = "double"
 
     def __init__(self, config: GPT2Config, *, rngs: nnx.Rngs | None = None) -> None:
+        if not isinstance(config, GPT2Config):
+            raise TypeError(f"config must be a gpt2_core.GPT2Config. Received: type={type(config).__name__}.")
+        config = config.copy()
         config.num_labels = 1
         super().__init__(config)
         rngs = rngs if rngs is not None else default_rngs()
@@ -763,7 +711,7 @@ class FlaxGPT2DoubleHeadsModel(FlaxGPT2PreTrainedModel):
         if not config.tie_word_embeddings:
             self.lm_head = _linear(config.n_embd, config.vocab_size, rngs, use_bias=False)
         self.multiple_choice_head = FlaxGPT2SequenceSummary(config, rngs=rngs)
-        if not _skip_init():
+        if not reference.init_skipped():
             self.init_weights(_seed_from(rngs))
 
     lm_logits = FlaxGPT2LMHeadModel.lm_logits
@@ -782,7 +730,7 @@ class FlaxGPT2DoubleHeadsModel(FlaxGPT2PreTrainedModel):
         use_cache: bool | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
-        return_dict: bool = True,
+        return_dict: bool | None = None,
         deterministic: bool | None = None,
     ) -> GPT2DoubleHeadsModelOutput:
         out = self.transformer(
@@ -806,7 +754,7 @@ class FlaxGPT2DoubleHeadsModel(FlaxGPT2PreTrainedModel):
         loss = None
         if labels is not None:
             loss = lm_loss(logits, labels)
-        return GPT2DoubleHeadsModelOutput(
+        output = GPT2DoubleHeadsModelOutput(
             loss=loss,
             mc_loss=mc_loss,
             logits=logits,
@@ -815,6 +763,7 @@ class FlaxGPT2DoubleHeadsModel(FlaxGPT2PreTrainedModel):
             hidden_states=out.hidden_states,
             attentions=out.attentions,
         )
+        return _as_return(output, return_dict)
 
 
 class FlaxGPT2ForSequenceClassification(FlaxGPT2PreTrainedModel):
@@ -833,7 +782,7 @@ class FlaxGPT2ForSequenceClassification(FlaxGPT2PreTrainedModel):
         self.num_labels = config.num_labels
         self.transformer = FlaxGPT2Model(config, rngs=rngs)
         self.score = _linear(config.n_embd, config.num_labels, rngs, use_bias=False)
-        if not _skip_init():
+        if not reference.init_skipped():
             self.init_weights(_seed_from(rngs))
 
     def __call__(
@@ -848,7 +797,7 @@ class FlaxGPT2ForSequenceClassification(FlaxGPT2PreTrainedModel):
         use_cache: bool | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
-        return_dict: bool = True,
+        return_dict: bool | None = None,
         deterministic: bool | None = None,
     ) -> SequenceClassifierOutputWithPast:
         out = self.transformer(
@@ -865,16 +814,8 @@ class FlaxGPT2ForSequenceClassification(FlaxGPT2PreTrainedModel):
         )
         logits = self.score(out.last_hidden_state)  # (B, T, L)
         B, T = logits.shape[:2]
-        if self.config.pad_token_id is None and B != 1:
-            raise ValueError(
-                f"Cannot pick each row's last token without a padding token. Received: batch size {B}, "
-                "config.pad_token_id=None. Set config.pad_token_id (e.g. to the tokenizer's pad/eos id)."
-            )
-        if self.config.pad_token_id is None or input_ids is None:
-            last = jnp.full((B,), T - 1)
-        else:
-            non_pad = (jnp.asarray(input_ids) != self.config.pad_token_id).astype(jnp.int32)
-            last = (jnp.arange(T) * non_pad).argmax(-1)
+        checks.check_sequence_classification_batch(self.config, B)
+        last = last_non_pad_index(input_ids, self.config.pad_token_id, T)
         pooled = logits[jnp.arange(B), last]  # (B, L)
         loss = None
         if labels is not None:
@@ -889,13 +830,14 @@ class FlaxGPT2ForSequenceClassification(FlaxGPT2PreTrainedModel):
                 loss = cross_entropy(pooled.reshape(-1, self.num_labels), labels.reshape(-1))
             else:
                 loss = binary_cross_entropy_with_logits(pooled, labels)
-        return SequenceClassifierOutputWithPast(
+        output = SequenceClassifierOutputWithPast(
             loss=loss,
             logits=pooled,
             past_key_values=out.past_key_values,
             hidden_states=out.hidden_states,
             attentions=out.attentions,
         )
+        return _as_return(output, return_dict)
 
 
 def binary_cross_entropy_with_logits(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -926,7 +868,7 @@ class FlaxGPT2ForTokenClassification(FlaxGPT2PreTrainedModel):
         p = config.classifier_dropout if config.classifier_dropout is not None else 0.1
         self.dropout = _dropout(p, rngs)
         self.classifier = _linear(config.n_embd, config.num_labels, rngs)
-        if not _skip_init():
+        if not reference.init_skipped():
             self.init_weights(_seed_from(rngs))
 
     def __call__(
@@ -941,7 +883,7 @@ class FlaxGPT2ForTokenClassification(FlaxGPT2PreTrainedModel):
         use_cache: bool | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
-        return_dict: bool = True,
+        return_dict: bool | None = None,
         deterministic: bool | None = None,
     ) -> TokenClassifierOutput:
         out = self.transformer(
@@ -960,9 +902,10 @@ class FlaxGPT2ForTokenClassification(FlaxGPT2PreTrainedModel):
         loss = None
         if labels is not None:
             loss = cross_entropy(logits.reshape(-1, self.num_labels), jnp.asarray(labels).reshape(-1))
-        return TokenClassifierOutput(
+        output = TokenClassifierOutput(
             loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions
         )
+        return _as_return(output, return_dict)
 
 
 class FlaxGPT2ForQuestionAnswering(FlaxGPT2PreTrainedModel):
@@ -980,7 +923,7 @@ class FlaxGPT2ForQuestionAnswering(FlaxGPT2PreTrainedModel):
         rngs = rngs if rngs is not None else default_rngs()
         self.transformer = FlaxGPT2Model(config, rngs=rngs)
         self.qa_outputs = _linear(config.n_embd, 2, rngs)
-        if not _skip_init():
+        if not reference.init_skipped():
             self.init_weights(_seed_from(rngs))
 
     def __call__(
@@ -994,7 +937,7 @@ class FlaxGPT2ForQuestionAnswering(FlaxGPT2PreTrainedModel):
         end_positions: jax.Array | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
-        return_dict: bool = True,
+        return_dict: bool | None = None,
         deterministic: bool | None = None,
     ) -> QuestionAnsweringModelOutput:
         out = self.transformer(
@@ -1018,13 +961,14 @@ class FlaxGPT2ForQuestionAnswering(FlaxGPT2PreTrainedModel):
             start_loss = cross_entropy(start_logits, start_positions, ignore_index=ignored)
             end_loss = cross_entropy(end_logits, end_positions, ignore_index=ignored)
             loss = (start_loss + end_loss) / 2
-        return QuestionAnsweringModelOutput(
+        output = QuestionAnsweringModelOutput(
             loss=loss,
             start_logits=start_logits,
             end_logits=end_logits,
             hidden_states=out.hidden_states,
             attentions=out.attentions,
         )
+        return _as_return(output, return_dict)
 
 
 MODEL_CLASSES = {

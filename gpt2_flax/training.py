@@ -1,5 +1,5 @@
-"""Training gpt2_flax models with optax: AdamW with linear warmup and cosine decay, global-norm gradient clipping,
-a compiled train step for every head, and data parallelism across devices with `jax.sharding`.
+"""Training gpt2_flax models with optax: AdamW on gpt2_core.training's schedule and decay rule, torch's gradient
+clipping, a compiled train step for every head, and data parallelism across devices with `jax.sharding`.
 
     model = FlaxGPT2LMHeadModel(config, rngs=default_rngs(0))
     optimizer = make_optimizer(model, learning_rate=3e-4, warmup_steps=100, total_steps=5000)
@@ -13,19 +13,18 @@ device, split each batch along its first axis, and call the same `train_step`; X
     replicate(mesh, model, optimizer)
     loss = train_step(model, optimizer, shard_batch(mesh, batch))
 
-`train_lm` is `gpt2 train --backend flax`: the loop of gpt2_torch/training.py (the reference trainer) in JAX, on the
-same data, batch order, schedule and bookkeeping (gpt2_core.training), with the batch sharded over all local devices.
+`train_lm` is `gpt2 train --backend flax`: gpt2_core.training's loop (`run_training`) with `FlaxTrainer`, the batch
+sharded over all local devices. Both paths use one optimizer: `make_lm_adamw` (torch.optim.AdamW's arithmetic at
+unit rate, decay where `gpt2_core.training.decays`), `clip_by_global_norm` (torch's `clip_grad_norm_`) and the rate
+of `gpt2_core.training.learning_rate` (`make_optimizer` reads it from `make_schedule`, the loop passes it per step).
 
-References: optax `adamw`, `warmup_cosine_decay_schedule`, `clip_by_global_norm`; flax NNX guides "Performance
-considerations" and "Scale up on multiple devices"; nanoGPT `train.py` (decay only matrices).
+References: optax `adamw`, `scale_by_schedule`; flax NNX guides "Performance considerations" and "Scale up on
+multiple devices"; nanoGPT `train.py` (decay only matrices).
 """
 
 from __future__ import annotations
 
 import functools
-import logging
-import math
-import time
 from pathlib import Path
 from typing import Any, Mapping, NamedTuple
 
@@ -37,24 +36,10 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from gpt2_core import naming
+from gpt2_core import training as core
+from gpt2_core.config import GPT2Config
 from gpt2_core.hub import atomic_path
-from gpt2_core.tokenization import GPT2TokenizerFast
-from gpt2_core.training import (
-    METRICS_NAME,
-    MetricsLog,
-    TrainConfig,
-    build_dataset,
-    collect_text_files,
-    decays,
-    last_checkpoint,
-    learning_rate,
-    read_state,
-    resolve_model_config,
-    unigram_loss,
-    write_state,
-)
-
-logger = logging.getLogger(__name__)
+from gpt2_core.training import TrainConfig, decays, run_training
 
 DATA_AXIS = "data"
 OPTIMIZER_NAME = "optimizer.npz"
@@ -63,24 +48,26 @@ OPTIMIZER_NAME = "optimizer.npz"
 def make_schedule(
     learning_rate: float, warmup_steps: int, total_steps: int, end_learning_rate: float | None = None
 ) -> optax.Schedule:
-    """Linear warmup from 0 to `learning_rate` over `warmup_steps`, then cosine decay to `end_learning_rate`
-    (default `learning_rate / 10`) at `total_steps`."""
+    """gpt2_core.training.learning_rate as an optax schedule: linear warmup to `learning_rate` over `warmup_steps`
+    (step 0 at `learning_rate / warmup_steps`), then cosine decay to `end_learning_rate` (default
+    `learning_rate / 10`) at `total_steps`, constant after.
+
+    The core's rates are tabulated once (float32, one per step up to `total_steps`), so every step gets exactly the
+    rate the `gpt2 train` loop uses for it.
+    """
     if warmup_steps < 0 or total_steps <= warmup_steps:
         raise ValueError(
             f"Need 0 <= warmup_steps < total_steps. Received: warmup_steps={warmup_steps}, total_steps={total_steps}."
         )
-    return optax.warmup_cosine_decay_schedule(
-        init_value=0.0,
-        peak_value=learning_rate,
-        warmup_steps=warmup_steps,
-        decay_steps=total_steps,
-        end_value=learning_rate / 10 if end_learning_rate is None else end_learning_rate,
-    )
+    end = learning_rate / 10 if end_learning_rate is None else end_learning_rate
+    tc = TrainConfig(learning_rate=learning_rate, warmup_steps=warmup_steps, max_steps=total_steps,
+                     min_lr_ratio=end / learning_rate if learning_rate else 0.0)
+    table = np.asarray([core.learning_rate(step, tc) for step in range(total_steps + 1)], np.float32)
 
+    def schedule(count: jax.Array) -> jax.Array:
+        return jnp.asarray(table)[jnp.minimum(count, total_steps)]
 
-def _decay_mask(params: Any) -> Any:
-    # Weight decay on matrices and embeddings only, not on biases and LayerNorm gains (GPT-2 / nanoGPT practice).
-    return jax.tree.map(lambda p: p.ndim >= 2, params)
+    return schedule
 
 
 def make_optimizer(
@@ -96,21 +83,26 @@ def make_optimizer(
     eps: float = 1e-8,
     max_grad_norm: float | None = 1.0,
 ) -> nnx.Optimizer:
-    """An `nnx.Optimizer` over the model's parameters: clip by global norm, then AdamW on a warmup-cosine schedule.
+    """An `nnx.Optimizer` over the model's parameters, the optimizer of `gpt2 train`: clip the gradient as torch's
+    `clip_grad_norm_`, AdamW with decay where `gpt2_core.training.decays`, at `make_schedule`'s rate.
 
     Args:
         model: The model to train (any head).
-        learning_rate: Peak learning rate, reached after `warmup_steps`.
-        warmup_steps: Steps of linear warmup from 0.
+        learning_rate: Peak learning rate, reached at step `warmup_steps - 1`.
+        warmup_steps: Steps of linear warmup (gpt2_core.training.learning_rate).
         total_steps: Step at which the cosine decay reaches `end_learning_rate`.
         end_learning_rate: Final learning rate; `learning_rate / 10` by default.
-        weight_decay: Decoupled weight decay, applied to matrices and embeddings only.
+        weight_decay: Decoupled weight decay, applied to the matrices of projections and heads only (not biases,
+            LayerNorm or the embeddings).
         b1, b2, eps: Adam's moment decay rates and epsilon.
-        max_grad_norm: Clip the gradient to this global L2 norm; None: no clipping.
+        max_grad_norm: Clip the gradient to this global L2 norm; None or 0: no clipping.
     """
-    schedule = make_schedule(learning_rate, warmup_steps, total_steps, end_learning_rate)
-    adamw = optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=_decay_mask)
-    tx = adamw if max_grad_norm is None else optax.chain(optax.clip_by_global_norm(max_grad_norm), adamw)
+    hp = AdamWConfig(float(b1), float(b2), float(eps), float(weight_decay), float(max_grad_norm or 0.0))
+    tx = optax.chain(
+        _clip_transform(hp.grad_clip),
+        make_lm_adamw(model, hp),
+        optax.scale_by_schedule(make_schedule(learning_rate, warmup_steps, total_steps, end_learning_rate)),
+    )
     return nnx.Optimizer(model, tx, wrt=nnx.Param)
 
 
@@ -206,22 +198,51 @@ def _flat(state: nnx.State) -> dict[str, jax.Array]:
 
 
 def make_lm_adamw(model: nnx.Module, hp: AdamWConfig) -> optax.GradientTransformation:
-    """torch.optim.AdamW at unit learning rate over the model's flat `{path: array}` parameters.
+    """torch.optim.AdamW at unit learning rate over the model's parameters (flat `{path: array}` or nested state).
 
     Decay follows gpt2_core.training.decays (matrices only: not biases, LayerNorm or the embeddings), as the torch
-    trainer's parameter groups do. The step multiplies the update by the step's learning rate itself, so the rate is
-    exactly `gpt2_core.training.learning_rate(step, tc)`: optax's `warmup_cosine_decay_schedule` (make_schedule)
-    starts its warmup at 0 where the shared schedule starts at `peak / warmup_steps`. Adam's eps is added to
-    sqrt(v_hat) in both (torch: `v.sqrt() / sqrt(bc2) + eps`; optax: `sqrt(v / bc2) + eps`).
+    trainer's parameter groups do. The caller multiplies the update by the step's learning rate
+    (`gpt2_core.training.learning_rate`): `lm_train_step` by the rate it is given, `make_optimizer` by
+    `make_schedule`. Adam's eps is added to sqrt(v_hat) in both torch (`v.sqrt() / sqrt(bc2) + eps`) and optax
+    (`sqrt(v / bc2) + eps`).
     """
-    mask = lm_decay_mask(model)
-    return optax.adamw(1.0, b1=hp.beta1, b2=hp.beta2, eps=hp.eps, weight_decay=hp.weight_decay, mask=mask)
+    return optax.adamw(1.0, b1=hp.beta1, b2=hp.beta2, eps=hp.eps, weight_decay=hp.weight_decay,
+                       mask=_tree_mask(lm_decay_mask(model)))
 
 
 def lm_decay_mask(model: nnx.Module) -> dict[str, bool]:
     """{flax parameter path: decayed?} by the parameter's canonical name (gpt2_core.training.decays)."""
     names = naming.canonical_names("flax", model.config, model.head)
     return {path: decays(names[path]) for path in _param_vars(model)}
+
+
+def _tree_mask(mask: dict[str, bool]):
+    """`mask` as an optax mask function for any tree of the parameters: the flat `{path: array}` dict of
+    `lm_train_step` or the nested nnx state `nnx.Optimizer` passes (its dict keys joined by dots are the path)."""
+
+    def leaf(key_path, _) -> bool:
+        return mask[".".join(str(k.key) for k in key_path if isinstance(k, jax.tree_util.DictKey))]
+
+    return lambda params: jax.tree_util.tree_map_with_path(leaf, params)
+
+
+def clip_by_global_norm(grads: Any, max_norm: float) -> tuple[Any, jax.Array]:
+    """torch.nn.utils.clip_grad_norm_: (clipped grads, the norm before clipping); max_norm <= 0 only measures.
+
+    Scales by `max_norm / (norm + 1e-6)` when below 1, not optax's `clip_by_global_norm` (`max_norm / norm`), so
+    the Flax and torch trainers follow the same curve."""
+    norm = optax.global_norm(grads)
+    if max_norm <= 0:
+        return grads, norm
+    scale = jnp.minimum(1.0, max_norm / (norm + 1e-6))
+    return jax.tree.map(lambda g: g * scale, grads), norm
+
+
+def _clip_transform(max_norm: float) -> optax.GradientTransformation:
+    def update(updates, state, params=None):
+        return clip_by_global_norm(updates, max_norm)[0], state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
 @functools.partial(nnx.jit, static_argnames=("hp",))
@@ -231,19 +252,14 @@ def lm_train_step(
     """One AdamW step of a language model on (B, T) `input_ids` (the labels too), dropout on.
 
     Returns (new optimizer state, loss before the update, gradient norm before clipping); the model is updated in
-    place. Clipping is torch's `clip_grad_norm_` (scale by `clip / (norm + 1e-6)` when below 1), not optax's
-    `clip_by_global_norm` (`clip / norm`), so the two trainers follow the same curve.
+    place. The optimizer of `make_optimizer` (clip, `make_lm_adamw`, times the rate) with the rate `lr` given.
     """
 
     def loss_fn(model: nnx.Module) -> jax.Array:
         return model(input_ids=input_ids, labels=input_ids, deterministic=False).loss
 
     loss, grads = nnx.value_and_grad(loss_fn)(model)
-    grads = _flat(grads)
-    grad_norm = optax.global_norm(grads)
-    if hp.grad_clip > 0:
-        scale = jnp.minimum(1.0, hp.grad_clip / (grad_norm + 1e-6))
-        grads = jax.tree.map(lambda g: g * scale, grads)
+    grads, grad_norm = clip_by_global_norm(_flat(grads), hp.grad_clip)
     variables = _param_vars(model)
     params = {path: var.get_value() for path, var in variables.items()}
     updates, opt_state = make_lm_adamw(model, hp).update(grads, opt_state, params)
@@ -281,121 +297,83 @@ def load_optimizer_state(template: Any, path: Path) -> Any:
     return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
-def _load_tokenizer(pretrained: str | None) -> GPT2TokenizerFast:
-    if pretrained and (Path(pretrained) / "vocab.json").exists():
-        return GPT2TokenizerFast.from_pretrained(pretrained)
-    return GPT2TokenizerFast()  # same ids as GPT2Tokenizer (tested), much faster on a corpus
+class FlaxTrainer:
+    """gpt2_core.training.TrainerBackend for a FlaxGPT2LMHeadModel: one process, every device it sees.
 
+    With more than one JAX device the parameters and optimizer state are replicated and each global batch is split
+    across a one-axis mesh (`make_mesh`), so the loss curve does not depend on the number of devices.
+    """
 
-def evaluate(model: nnx.Module, batches: list[Any]) -> float:
-    losses = [float(eval_step(model, {"input_ids": b, "labels": b})) for b in batches]
-    return float(np.mean(losses)) if losses else float("nan")
+    name = "flax"
+    world_unit = "devices"
+    rank = 0
 
+    def __init__(self) -> None:
+        if jax.process_count() > 1:
+            raise ValueError(
+                f"gpt2 train --backend flax runs in one process. Received: jax.process_count()={jax.process_count()}. "
+                "Start it once (it uses every device of that process), or use --backend torch with torchrun across hosts."
+            )
+        self.world_size = jax.device_count()
 
-def save_checkpoint(model, opt_state, tokenizer, directory: Path, step: int, tc: TrainConfig, extra: dict) -> None:
-    """A Hub-layout model directory plus optimizer and trainer state; the state file is written last, so a
-    directory without it is incomplete and ignored by resume."""
-    directory.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    if opt_state is not None:
-        save_optimizer_state(opt_state, directory / OPTIMIZER_NAME)
-    write_state(directory, step, tc, extra)
+    def build(self, tc: TrainConfig, *, config: GPT2Config | None, weights: str | Path | None,
+              optimizer_state: Path | None) -> None:
+        from gpt2_flax.model import FlaxGPT2LMHeadModel, default_rngs
+
+        if weights is None:
+            # gpt2_core.reference.init_params(config, "lm", seed): the torch trainer's initial weights for the same seed
+            model = FlaxGPT2LMHeadModel.from_config(config, seed=tc.seed)
+        else:
+            model = FlaxGPT2LMHeadModel.from_pretrained(weights, config=config, rngs=default_rngs(tc.seed))
+        self.hp = AdamWConfig.from_train_config(tc)
+        opt_state = init_lm_optimizer_state(model, self.hp)
+        if optimizer_state is not None and (optimizer_state / OPTIMIZER_NAME).exists():
+            opt_state = load_optimizer_state(opt_state, optimizer_state / OPTIMIZER_NAME)
+        self.mesh = make_mesh() if self.world_size > 1 else None
+        if self.mesh is not None:
+            replicate(self.mesh, model)
+            opt_state = jax.device_put(opt_state, NamedSharding(self.mesh, PartitionSpec()))
+        self.model, self.opt_state = model, opt_state
+
+    def _place(self, batch: np.ndarray) -> jax.Array:
+        return shard_batch(self.mesh, {"x": batch})["x"] if self.mesh is not None else jnp.asarray(batch)
+
+    def num_parameters(self) -> int:
+        return self.model.num_parameters()
+
+    def step(self, batch: np.ndarray, lr: float) -> tuple[jax.Array, jax.Array]:
+        self.opt_state, loss, grad_norm = lm_train_step(self.model, self.opt_state, self._place(batch), jnp.float32(lr),
+                                                        self.hp)
+        return loss, grad_norm
+
+    def eval_batch_size(self, tc: TrainConfig) -> int:
+        # Every device evaluates its share of a global batch (torch evaluates one process's slice on rank 0): with
+        # one device the two are the same batches.
+        return tc.batch_size
+
+    def evaluate(self, batches: list[np.ndarray]) -> float:
+        losses = []
+        for b in batches:
+            x = self._place(b)
+            losses.append(float(eval_step(self.model, {"input_ids": x, "labels": x})))
+        return float(np.mean(losses)) if losses else float("nan")
+
+    def save(self, directory: Path, *, optimizer: bool) -> None:
+        self.model.save_pretrained(directory)
+        if optimizer:
+            save_optimizer_state(self.opt_state, directory / OPTIMIZER_NAME)
+
+    def sync(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def train_lm(tc: TrainConfig, progress: bool = True) -> dict:
-    """Train (or fine-tune) a FlaxGPT2LMHeadModel as gpt2_torch.training.train does; returns the final metrics.
+    """Train (or fine-tune) a FlaxGPT2LMHeadModel with gpt2_core.training's loop, as gpt2_torch.training.train
+    does; returns the final metrics."""
+    return run_training(tc, FlaxTrainer(), progress=progress)
 
-    With more than one JAX device the parameters and optimizer state are replicated and each global batch is split
-    across a one-axis mesh (`make_mesh`), so the loss curve does not depend on the number of devices. One process:
-    every device the process sees.
-    """
-    from gpt2_flax.model import FlaxGPT2LMHeadModel, default_rngs
 
-    if jax.process_count() > 1:
-        raise ValueError(
-            f"gpt2 train --backend flax runs in one process. Received: jax.process_count()={jax.process_count()}. "
-            "Start it once (it uses every device of that process), or use --backend torch with torchrun across hosts."
-        )
-    world = jax.device_count()
-    if tc.batch_size % world:
-        raise ValueError(
-            f"--batch-size must be divisible by the number of devices. Received: batch_size={tc.batch_size}, "
-            f"{world} devices. Use a multiple of {world}."
-        )
-    out = Path(tc.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    config, pretrained = resolve_model_config(tc)
-    tokenizer = _load_tokenizer(pretrained)
-    ds = build_dataset(collect_text_files(tc.data), tokenizer, tc.block_size, config.n_positions, tc.eval_fraction)
-    if config.vocab_size < tokenizer.vocab_size:
-        raise ValueError(f"The model's vocab_size is smaller than the tokenizer's. Received: {config.vocab_size} < {tokenizer.vocab_size}.")
-
-    start_step = 0
-    resume_dir = last_checkpoint(out) if tc.resume else None
-    if resume_dir is not None:
-        model = FlaxGPT2LMHeadModel.from_pretrained(resume_dir, rngs=default_rngs(tc.seed))
-        start_step = int(read_state(resume_dir)["step"])
-        logger.info("Resuming from %s (step %d)", resume_dir, start_step)
-    elif pretrained is not None:
-        model = FlaxGPT2LMHeadModel.from_pretrained(pretrained, config=config, rngs=default_rngs(tc.seed))
-    else:
-        # gpt2_core.reference.init_params(config, "lm", seed): the torch trainer's initial weights for the same seed
-        model = FlaxGPT2LMHeadModel.from_config(config, seed=tc.seed)
-    hp = AdamWConfig.from_train_config(tc)
-    opt_state = init_lm_optimizer_state(model, hp)
-    if resume_dir is not None and (resume_dir / OPTIMIZER_NAME).exists():
-        opt_state = load_optimizer_state(opt_state, resume_dir / OPTIMIZER_NAME)
-    mesh = make_mesh() if world > 1 else None
-    if mesh is not None:
-        replicate(mesh, model)
-        opt_state = jax.device_put(opt_state, NamedSharding(mesh, PartitionSpec()))
-
-    def place(batch: np.ndarray) -> jax.Array:
-        return shard_batch(mesh, {"x": batch})["x"] if mesh is not None else jnp.asarray(batch)
-
-    log = MetricsLog(out / METRICS_NAME)
-    if start_step == 0:
-        log.write(event="start", backend="flax", world_size=world, n_params=model.num_parameters(), n_tokens=ds.n_tokens,
-                  train_blocks=len(ds.train), eval_blocks=len(ds.eval), eval_files=ds.eval_files,
-                  unigram_eval_loss=unigram_loss(ds, config.vocab_size), train_config=tc.to_json())
-    batches = ds.batches(tc.batch_size, tc.seed, start_step)
-    # Every device evaluates its share of a global batch (torch evaluates one process's slice on rank 0): with one
-    # device the two are the same batches.
-    eval_set = [place(b) for b in ds.eval_batches(tc.batch_size, tc.eval_batches)]
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=tc.max_steps, initial=start_step, desc="train", unit="step")
-    t0, tokens, last = time.perf_counter(), 0, {}
-    for step in range(start_step, tc.max_steps):
-        batch = next(batches)
-        lr = learning_rate(step, tc)
-        opt_state, loss, grad_norm = lm_train_step(model, opt_state, place(batch), jnp.float32(lr), hp)
-        tokens += batch.size
-        loss_value = float(loss)
-        if not math.isfinite(loss_value):
-            raise FloatingPointError(f"The loss became {loss_value} at step {step}. Lower --learning-rate.")
-        done = step + 1
-        if done % tc.log_every == 0 or done == tc.max_steps:
-            rate = tokens / (time.perf_counter() - t0)
-            log.write(step=done, loss=loss_value, lr=lr, grad_norm=float(grad_norm), tokens_per_s=rate)
-            if bar is not None:
-                bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{rate:,.0f}")
-        last = {"step": done, "loss": loss_value}
-        if (done % tc.eval_every == 0 or done == tc.max_steps) and eval_set:
-            eval_loss = evaluate(model, eval_set)
-            last.update(eval_loss=eval_loss, eval_perplexity=math.exp(min(eval_loss, 50)))
-            log.write(step=done, eval_loss=eval_loss, eval_perplexity=last["eval_perplexity"])
-        if tc.save_every and done % tc.save_every == 0 and done != tc.max_steps:
-            save_checkpoint(model, opt_state, tokenizer, out / f"checkpoint-{done}", done, tc, last)
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
-    save_checkpoint(model, opt_state, tokenizer, out / f"checkpoint-{tc.max_steps}", tc.max_steps, tc, last)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    log.write(event="end", **last)
-    return last
+train = train_lm  # the name the torch and TF backends use

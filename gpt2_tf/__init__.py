@@ -6,6 +6,7 @@ import os
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 from gpt2_core.config import GPT2Config  # noqa: E402
+from gpt2_tf.cache import KVCache  # noqa: E402
 from gpt2_tf.model import (  # noqa: E402
     TFGPT2DoubleHeadsModel,
     TFGPT2DoubleHeadsModelOutput,
@@ -30,6 +31,7 @@ def __getattr__(name: str):
 
 __all__ = [
     "GPT2Config",
+    "KVCache",
     "TFGPT2Model",
     "TFGPT2LMHeadModel",
     "TFGPT2DoubleHeadsModel",

@@ -1,15 +1,15 @@
 """XLA-compiled cached decoding for gpt2_tf: prefill and the whole decode loop in one `tf.function(jit_compile=True)`.
 
-* The KV cache is preallocated: per layer k and v (B, N, S_max, H), written at an index with a dynamic-update-slice;
-  attention runs over the whole buffer, slots not yet written masked causally (`TFGPT2Model.call(cache_index=...)`).
-  Every shape inside the loop is static (position ids are gathered, not sliced at a moving start): a dynamic size
-  makes XLA pad each step to the buffer length (8x slower here) and, in TF 2.21, mis-compile the cache update.
-* Shapes are bucketed so a new prompt length does not recompile: the prompt is left-padded to the next bucket (a
-  power of two, at least 16) and the cache sized for the bucket of `max_new_tokens`. Extra left padding changes
-  nothing (position ids count from the first attended token; padding keys get an exactly-zero weight). The real
-  `max_new_tokens`, temperature, top-p, eos/pad ids and seed are tensors, so they do not recompile either; one
-  compiled function is kept per (new-token bucket, do_sample, top_k, top_p on/off) and traced per (batch, prompt
-  bucket).
+* The shapes follow `gpt2_core.generation.plan_decoding` (the one decoding plan of every backend): the prompt is
+  left-padded to its bucket and the `gpt2_tf.cache.KVCache` preallocated for the prompt bucket plus the new-token
+  bucket (`pad_prompt`), within `n_positions`. So a new prompt length or `max_new_tokens` in the same buckets does
+  not recompile. The attention mask covers the whole buffer, new slots included (they are hidden causally until
+  written), so it is loop-invariant; the loop carries the KVCache, whose filled length is the write index.
+* Every shape inside the loop is static (position ids are `length + arange(T)`, not a slice at a moving start): a
+  dynamic size makes XLA pad each step to the buffer length (8x slower here) and, in TF 2.21, mis-compile the cache
+  update. The real `max_new_tokens`, temperature, top-p, eos/pad ids and seed are tensors, so they do not recompile
+  either; one compiled function is kept per (do_sample, top_k, top_p on/off) and traced per (batch, prompt bucket,
+  cache length).
 * Semantics are gpt2_core.generation's: argument checks (`make_generation_config`), logit processing in
   transformers' order (temperature, top-k, top-p), greedy = first maximum, a row stops at an eos id and then gets
   `pad_token_id`, and the output is cut after the last step any row needed. Sampling draws Gumbel noise from a
@@ -22,7 +22,6 @@ Flax `examples/gemma` sampler.
 from __future__ import annotations
 
 import logging
-import os
 import weakref
 from typing import Any, Sequence
 
@@ -30,19 +29,13 @@ import numpy as np
 import tensorflow as tf
 
 from gpt2_core import checks
-from gpt2_core.generation import GenerationConfig, make_generation_config
+from gpt2_core.generation import GenerationConfig, make_generation_config, pad_prompt, plan_decoding
+from gpt2_tf.cache import KVCache
 
 logger = logging.getLogger(__name__)
 
-MIN_BUCKET = 16
-
-# model -> {(new-token bucket, do_sample, top_k, top_p on): tf.function}
+# model -> {(do_sample, top_k, top_p on): tf.function}
 _COMPILED: "weakref.WeakKeyDictionary[Any, dict[tuple, Any]]" = weakref.WeakKeyDictionary()
-
-
-def bucket_length(n: int, minimum: int = MIN_BUCKET) -> int:
-    """The padded length `n` is compiled for: the next power of two, at least `minimum`."""
-    return max(minimum, 1 << max(int(n) - 1, 0).bit_length())
 
 
 def process_logits(
@@ -97,7 +90,6 @@ def decode_loop(
     pad_token_id: tf.Tensor,
     seed: tf.Tensor,
     *,
-    new_tokens_bucket: int,
     do_sample: bool = False,
     top_k: int | None = None,
     use_top_p: bool = False,
@@ -106,67 +98,65 @@ def decode_loop(
 
     Args:
         model: A TFGPT2LMHeadModel.
-        input_ids: (B, T) int32 prompts, left-padded.
-        attention_mask: (B, T) int32, 1 for tokens.
-        max_new_tokens: Scalar int32, at most `new_tokens_bucket`.
+        input_ids: (B, Tb) int32 prompts, left-padded (`gpt2_core.generation.pad_prompt`).
+        attention_mask: (B, S_max) int32, the whole KVCache buffer: the prompt's mask, then 1 for the Nb new slots.
+        max_new_tokens: Scalar int32, at most Nb = S_max - Tb.
         temperature, top_p: Scalar float32 (used when sampling).
         eos_token_id: (E,) int32 ids that finish a row (pass [-1] for none).
         pad_token_id: Scalar int32 written after a row finished.
         seed: (2,) int32 seed of the stateless sampler.
-        new_tokens_bucket: Static size of the generated-token buffer.
 
     Returns:
-        tokens (B, new_tokens_bucket) int32, of which the first `n` columns are the generated ones, and `n`.
+        tokens (B, Nb) int32, of which the first `n` columns are the generated ones, and `n`.
     """
     config = model.config
-    B, T = tf.shape(input_ids)[0], input_ids.shape[1] if input_ids.shape[1] is not None else tf.shape(input_ids)[1]
-    S = T + new_tokens_bucket  # cache slots: the prompt + every fed-back token
-    dtype = model.transformer.compute_dtype
-    shape = (B, config.n_head, S, config.head_dim)
-    cache = tuple((tf.zeros(shape, dtype), tf.zeros(shape, dtype)) for _ in range(config.n_layer))
-    mask = tf.concat([tf.cast(attention_mask, tf.int32), tf.zeros((B, new_tokens_bucket), tf.int32)], axis=1)  # (B, S)
+    B, Tb = tf.shape(input_ids)[0], input_ids.shape[1]
+    S = attention_mask.shape[1]  # S_max: the prompt bucket + every fed-back token
+    if Tb is None or S is None or S <= Tb:
+        raise ValueError(
+            "decode_loop needs static prompt and buffer lengths, the buffer longer than the prompt. Received: "
+            f"input_ids.shape={input_ids.shape}, attention_mask.shape={attention_mask.shape}. Pass the ids and "
+            "mask of gpt2_core.generation.pad_prompt (trace with concrete shapes)."
+        )
+    Nb = S - Tb  # static: the size of the generated-token buffer
+    cache = KVCache.init(config, B, S, dtype=model.transformer.compute_dtype)
     pick = lambda logits, step: _pick(  # noqa: E731
         logits, step, seed, temperature, top_p, do_sample=do_sample, top_k=top_k, use_top_p=use_top_p
     )
     is_eos = lambda t: tf.reduce_any(t[:, None] == eos_token_id[None, :], axis=-1)  # noqa: E731
 
-    out = model.transformer(
-        input_ids=input_ids, past_key_values=cache, attention_mask=mask, cache_index=0, use_cache=True
-    )
+    out = model.transformer(input_ids=input_ids, past_key_values=cache, attention_mask=attention_mask)
     logits = model.lm_logits(out.last_hidden_state[:, -1, :])  # (B, V): only the last position is needed
     nxt = pick(logits, 0)
-    tokens = tf.zeros((new_tokens_bucket, B), tf.int32)  # step-major, so a step writes one row
+    tokens = tf.zeros((Nb, B), tf.int32)  # step-major, so a step writes one row
     tokens = tf.tensor_scatter_nd_update(tokens, [[0]], nxt[None, :])
     done = is_eos(nxt)
 
-    def cond(step, nxt, done, tokens, mask, cache):
+    def cond(step, nxt, done, tokens, cache):
         return tf.logical_and(step < max_new_tokens, tf.logical_not(tf.reduce_all(done)))
 
-    def body(step, nxt, done, tokens, mask, cache):
-        index = T + step - 1  # the slot of the token fed back now
-        mask = tf.where(tf.range(S)[None, :] == index, 1, mask)
-        out = model.transformer(
-            input_ids=nxt[:, None], past_key_values=cache, attention_mask=mask, cache_index=index, use_cache=True
-        )
+    def body(step, nxt, done, tokens, cache):
+        # the token fed back now is written at the cache's filled length, Tb + step - 1
+        out = model.transformer(input_ids=nxt[:, None], past_key_values=cache, attention_mask=attention_mask)
         logits = model.lm_logits(out.last_hidden_state[:, 0, :])
         nxt = tf.where(done, pad_token_id, pick(logits, step))
         tokens = tf.tensor_scatter_nd_update(tokens, [[step]], nxt[None, :])
-        return step + 1, nxt, done | is_eos(nxt), tokens, mask, out.past_key_values
+        return step + 1, nxt, done | is_eos(nxt), tokens, out.past_key_values
 
-    state = (tf.constant(1), nxt, done, tokens, mask, out.past_key_values)
-    step, _, _, tokens, _, _ = tf.while_loop(cond, body, state, maximum_iterations=new_tokens_bucket - 1)
+    state = (tf.constant(1), nxt, done, tokens, out.past_key_values)
+    step, _, _, tokens, _ = tf.while_loop(cond, body, state, maximum_iterations=Nb - 1)
     return tf.transpose(tokens), step
 
 
 def _compiled(model, key: tuple) -> Any:
     fns = _COMPILED.setdefault(model, {})
     if key not in fns:
-        new_tokens_bucket, do_sample, top_k, use_top_p = key
+        do_sample, top_k, use_top_p = key
 
         def run(input_ids, attention_mask, max_new_tokens, temperature, top_p, eos_token_id, pad_token_id, seed):
             return decode_loop(
                 model, input_ids, attention_mask, max_new_tokens, temperature, top_p, eos_token_id, pad_token_id, seed,
-                new_tokens_bucket=new_tokens_bucket, do_sample=do_sample, top_k=top_k, use_top_p=use_top_p,
+                do_sample=do_sample, top_k=top_k, use_top_p=use_top_p,
             )
 
         fns[key] = tf.function(run, jit_compile=True, reduce_retracing=False)
@@ -250,36 +240,12 @@ def generate(
         model.config, input_ids=ids, input_shape=ids.shape, inputs_embeds_shape=None, attention_mask_shape=mask.shape,
         position_ids=None, position_ids_shape=None, token_type_ids_shape=None, past_length=0,
     )
-    Tb, Nb = bucket_length(T), bucket_length(gen.max_new_tokens)
-    padded_ids = np.zeros((B, Tb), np.int32)
-    padded_mask = np.zeros((B, Tb), np.int32)
-    padded_ids[:, Tb - T :], padded_mask[:, Tb - T :] = ids, mask
-    key = (Nb, gen.do_sample, gen.top_k if gen.do_sample else None, gen.do_sample and gen.top_p is not None)
-    tokens, n = _compiled(model, key)(tf.constant(padded_ids), tf.constant(padded_mask), **_generation_tensors(gen))
+    plan = plan_decoding(model.config, B, T, gen.max_new_tokens)
+    padded_ids, buffer_mask = pad_prompt(plan, ids, mask)  # (B, Tb), (B, S_max)
+    key = (gen.do_sample, gen.top_k if gen.do_sample else None, gen.do_sample and gen.top_p is not None)
+    tokens, n = _compiled(model, key)(tf.constant(padded_ids), tf.constant(buffer_mask), **_generation_tensors(gen))
     new = tf.cast(tokens[:, : int(n)], out_dtype)
     return tf.concat([tf.constant(ids, dtype=out_dtype), new], axis=1)
-
-
-def generate_text(model_dir: str | os.PathLike, prompt: str | Sequence[str], **kwargs: Any) -> str | list[str]:
-    """Load a checkpoint (and its tokenizer, else the shipped GPT-2 vocabulary) and continue `prompt`.
-
-    Returns the prompt plus the generated text (a list for a list of prompts). `kwargs` go to `generate`.
-    """
-    from gpt2_core.tokenization import GPT2Tokenizer
-    from gpt2_tf.model import TFGPT2LMHeadModel
-
-    try:
-        tokenizer = GPT2Tokenizer.from_pretrained(model_dir)
-    except (OSError, ValueError):
-        tokenizer = GPT2Tokenizer()
-    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
-    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-    enc = tokenizer(prompts, padding=True, padding_side="left", return_tensors="np")
-    model = TFGPT2LMHeadModel.from_pretrained(model_dir)
-    ids = np.asarray(generate(model, enc["input_ids"], attention_mask=enc["attention_mask"], **kwargs))
-    T = enc["input_ids"].shape[1]
-    texts = [p + tokenizer.decode(ids[i, T:], skip_special_tokens=True) for i, p in enumerate(prompts)]
-    return texts[0] if isinstance(prompt, str) else texts
 
 
 class TFGPT2TextGenerator(tf.Module):
@@ -324,23 +290,27 @@ class TFGPT2TextGenerator(tf.Module):
         # the prompt's padding is masked, so the tokenizer keeps its own pad id
         self.tokenizer.configure(max_length=prompt_length, padding_side="left", truncation_side="left")
         self._gen = gen
-        self._key = (bucket_length(gen.max_new_tokens), gen.do_sample, gen.top_k if gen.do_sample else None,
-                     gen.do_sample and gen.top_p is not None)
+        # the signature's shapes are fixed at export, so exact sizes: nothing to bucket against recompiles
+        self._plan = plan_decoding(model.config, 1, prompt_length, gen.max_new_tokens, bucketed=False)
+        self._key = (gen.do_sample, gen.top_k if gen.do_sample else None, gen.do_sample and gen.top_p is not None)
         self._decode = tf.function(self._decode_fn, jit_compile=True)
         self.generate = tf.function(self._generate, input_signature=[tf.TensorSpec((None,), tf.string, name="text")])
 
     def _decode_fn(self, input_ids, attention_mask, max_new_tokens, temperature, top_p, eos_token_id, pad_token_id,
                    seed):
-        Nb, do_sample, top_k, use_top_p = self._key
+        do_sample, top_k, use_top_p = self._key
         return decode_loop(
             self.model, input_ids, attention_mask, max_new_tokens, temperature, top_p, eos_token_id, pad_token_id, seed,
-            new_tokens_bucket=Nb, do_sample=do_sample, top_k=top_k, use_top_p=use_top_p,
+            do_sample=do_sample, top_k=top_k, use_top_p=use_top_p,
         )
 
     def _generate(self, text: tf.Tensor) -> dict[str, tf.Tensor]:
         enc = self.tokenizer(text)
         ids, mask = tf.cast(enc["input_ids"], tf.int32), tf.cast(enc["attention_mask"], tf.int32)
-        tokens, n = self._decode(ids, mask, **_generation_tensors(self._gen))
+        ids, mask = (tf.ensure_shape(t, (None, self._plan.prompt_length)) for t in (ids, mask))
+        # gpt2_core.generation.pad_prompt's buffer mask; no extra padding, the tokenizer pads to prompt_length
+        new_slots = tf.ones((tf.shape(mask)[0], self._plan.new_bucket), tf.int32)
+        tokens, n = self._decode(ids, tf.concat([mask, new_slots], axis=1), **_generation_tensors(self._gen))
         generated = tokens[:, :n]
         return {
             "input_ids": ids,

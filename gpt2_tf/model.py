@@ -10,10 +10,12 @@ The models run eagerly, inside `tf.function` (also `jit_compile=True`), under `m
 exported as a SavedModel (`serving`). Input checks (`gpt2_core.checks`) run on concrete values when executing
 eagerly; inside a graph only the static shapes are checked.
 
-Besides transformers' `past_key_values` (a tuple of per-layer (k, v) that grows by concatenation), the body takes a
-preallocated cache for `gpt2_tf.generation`: with `cache_index` set, `past_key_values` holds fixed-size buffers
-(B, N, S_max, H), the new keys and values are written at `cache_index` and attention runs over the whole buffer,
-future slots masked causally.
+Attention has one path: with a cache it always goes through a `gpt2_tf.cache.KVCache` (per layer preallocated
+(B, N, S_max, H) buffers plus the filled length). The new keys and values are written at the filled length and
+attention runs over the whole buffer: `causal[t, s] = s <= length + t`, padding keys from the attention mask (which
+covers (B, length + T) and is padded with ones to S_max, or covers the whole buffer (B, S_max)). transformers'
+`past_key_values` tuple is converted at the edge, as `DynamicCache.from_legacy_cache` does: `KVCache.from_legacy(past,
+max_length=P + T)` in, `to_legacy()` out; a KVCache passed in is returned as a KVCache.
 
 Shapes: B batch, T query length, S key length (past + new), N heads, H head dim, C n_embd, V vocab.
 
@@ -29,7 +31,6 @@ import logging
 import math
 import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -38,7 +39,7 @@ import tensorflow as tf
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 import keras  # noqa: E402
 
-from gpt2_core import checks, naming, reference  # noqa: E402
+from gpt2_core import checks, reference  # noqa: E402
 from gpt2_core.config import GPT2Config  # noqa: E402
 from gpt2_core.outputs import (  # noqa: E402
     BaseModelOutputWithPastAndCrossAttentions,
@@ -48,6 +49,7 @@ from gpt2_core.outputs import (  # noqa: E402
     SequenceClassifierOutputWithPast,
     TokenClassifierOutput,
 )
+from gpt2_tf.cache import KVCache, _static_int  # noqa: E402
 
 if keras.backend.backend() != "tensorflow":
     raise ImportError(
@@ -81,27 +83,32 @@ ACT2FN = {
 }
 
 
-def leading_pads(attention_mask: tf.Tensor) -> tf.Tensor:
-    """(B,) number of leading padding tokens: the index of each row's first attended token, S for a row of padding."""
+def position_ids_from_attention_mask(
+    attention_mask: tf.Tensor, query_length: Any, past_length: Any = None
+) -> tf.Tensor:
+    """gpt2_core.reference.position_ids_from_attention_mask: `max(0, index - leading)`, (B, T) int32.
+
+    `leading` is each row's first attended index (S for a row of padding). The queries are the last `query_length`
+    columns of the (B, S) mask, or columns `past_length .. past_length + query_length - 1` when `past_length` is
+    given (a KVCache, whose mask may cover the whole buffer).
+    """
     mask = tf.convert_to_tensor(attention_mask)
     S = tf.shape(mask)[-1]
-    return tf.reduce_min(tf.where(mask != 0, tf.range(S)[None, :], S), axis=-1)  # (B,)
+    leading = tf.reduce_min(tf.where(mask != 0, tf.range(S)[None, :], S), axis=-1)  # (B,)
+    start = S - query_length if past_length is None else tf.cast(past_length, tf.int32)
+    # start + range(T), not a slice at `start`: the shape stays static (T,) when `start` varies in a compiled loop
+    index = start + tf.range(query_length)  # (T,)
+    return tf.maximum(index[None, :] - leading[:, None], 0)  # (B, T)
 
 
-def position_ids_from_attention_mask(
-    attention_mask: tf.Tensor, query_length: Any, start: Any = None
-) -> tf.Tensor:
-    """gpt2_core.reference.position_ids_from_attention_mask: `max(0, index - leading_pads)`, last T columns.
-
-    `start` picks columns [start, start + T) instead (a preallocated cache, where the mask covers the buffer).
-    """
-    S = tf.shape(attention_mask)[-1]
-    pos = tf.maximum(tf.range(S)[None, :] - leading_pads(attention_mask)[:, None], 0)  # (B, S)
-    if start is None:
-        return pos[:, S - query_length :]
-    # a gather, not a slice: a slice at a loop-varying start has no static size, and XLA then pads the whole
-    # step to the buffer length
-    return tf.gather(pos, start + tf.range(query_length), axis=1)
+def last_non_pad_index(input_ids: tf.Tensor | None, pad_token_id: int | None, seq_len: Any) -> tf.Tensor | int:
+    """gpt2_core.reference.last_non_pad_index: the rightmost non-padding index per row (0 for a row of padding);
+    -1 (the last position) without `pad_token_id` or without `input_ids`."""
+    if pad_token_id is None or input_ids is None:
+        return -1
+    non_pad = tf.cast(input_ids != pad_token_id, tf.int32)
+    # argmax of arange * non_pad; the maximum is its own index, so reduce_max (no tie rule to depend on)
+    return tf.reduce_max(tf.range(seq_len)[None, :] * non_pad, axis=-1)  # (B,)
 
 
 def _dense(units: int, in_dim: int, use_bias: bool = True, dtype: Any = None) -> keras.layers.Dense:
@@ -129,12 +136,6 @@ def _dropout(rate: float | None, dtype: Any = None) -> keras.layers.Dropout:
     return layer
 
 
-def _update_cache(buffer: tf.Tensor, new: tf.Tensor, index: Any) -> tf.Tensor:
-    """Write `new` (B, N, T, H) into `buffer` (B, N, S_max, H) at slots [index, index + T) (XLA's
-    dynamic-update-slice, in place inside the compiled decode loop)."""
-    return keras.ops.slice_update(buffer, (0, 0, index, 0), tf.cast(new, buffer.dtype))
-
-
 class TFGPT2Attention(keras.layers.Layer):
     """Multi-head (self or cross) attention.
 
@@ -150,6 +151,7 @@ class TFGPT2Attention(keras.layers.Layer):
         self.n_head = config.n_head
         self.head_dim = config.head_dim
         self.is_cross_attention = is_cross_attention
+        self.layer_idx = layer_idx
         self.scale = reference.attention_scale(config, layer_idx)
         self.reorder_and_upcast_attn = config.reorder_and_upcast_attn
         if is_cross_attention:
@@ -169,11 +171,10 @@ class TFGPT2Attention(keras.layers.Layer):
     def call(
         self,
         x: tf.Tensor,
-        layer_past: tuple[tf.Tensor, tf.Tensor] | None = None,
+        cache: KVCache | None = None,
         causal: tf.Tensor | None = None,
         key_ok: tf.Tensor | None = None,
         encoder_hidden_states: tf.Tensor | None = None,
-        cache_index: Any = None,
         training: bool = False,
     ) -> tuple[tf.Tensor, tuple[tf.Tensor, tf.Tensor] | None, tf.Tensor]:
         B, T, C = tf.shape(x)[0], tf.shape(x)[1], x.shape[-1]
@@ -183,14 +184,11 @@ class TFGPT2Attention(keras.layers.Layer):
         else:
             q, k, v = tf.split(self.c_attn(x), 3, axis=2)
         q, k, v = self._split_heads(q), self._split_heads(k), self._split_heads(v)  # (B, N, T, H)
-        if layer_past is not None and cache_index is None:
-            k = tf.concat([tf.cast(layer_past[0], k.dtype), k], axis=2)  # (B, N, S, H)
-            v = tf.concat([tf.cast(layer_past[1], v.dtype), v], axis=2)
-        elif layer_past is not None:
-            # preallocated cache (gpt2_tf.generation): write at cache_index, attend over the whole buffer
-            k = _update_cache(layer_past[0], k, cache_index)  # (B, N, S_max, H)
-            v = _update_cache(layer_past[1], v, cache_index)
-        present = None if self.is_cross_attention else (k, v)
+        present = None
+        if cache is not None and not self.is_cross_attention:
+            # write at the filled length, attend over the whole buffer (spare slots are hidden causally)
+            present = cache.update(self.layer_idx, k, v)  # (B, N, S_max, H) each
+            k, v = tf.cast(present[0], q.dtype), tf.cast(present[1], q.dtype)
         if self.reorder_and_upcast_attn:
             # Mistral: scale q before the product and keep scores and softmax in float32 (fp16/bf16 stability).
             q32, k32 = tf.cast(q, tf.float32), tf.cast(k, tf.float32)
@@ -251,27 +249,19 @@ class TFGPT2Block(keras.layers.Layer):
     def call(
         self,
         x: tf.Tensor,
-        layer_past: tuple[tf.Tensor, tf.Tensor] | None = None,
+        cache: KVCache | None = None,
         causal: tf.Tensor | None = None,
         key_ok: tf.Tensor | None = None,
         encoder_hidden_states: tf.Tensor | None = None,
         encoder_key_ok: tf.Tensor | None = None,
-        cache_index: Any = None,
         training: bool = False,
     ) -> tuple[tf.Tensor, Any, tf.Tensor, tf.Tensor | None]:
-        y, present, att = self.attn(
-            self.ln_1(x),
-            layer_past=layer_past,
-            causal=causal,
-            key_ok=key_ok,
-            cache_index=cache_index,
-            training=training,
-        )
+        y, present, att = self.attn(self.ln_1(x), cache=cache, causal=causal, key_ok=key_ok, training=training)
         x = x + y
         cross_att = None
         if encoder_hidden_states is not None:
             if not hasattr(self, "crossattention"):
-                raise _no_cross_attention_error()
+                raise checks.no_cross_attention_error()
             y, _, cross_att = self.crossattention(
                 self.ln_cross_attn(x),
                 key_ok=encoder_key_ok,
@@ -313,20 +303,6 @@ def _fold(shape: tuple | None, rank: int) -> tuple | None:
     return (int(np.prod(shape[: len(shape) - rank + 1])), *shape[len(shape) - rank + 1 :])
 
 
-def _no_cross_attention_error() -> ValueError:
-    return ValueError(
-        "encoder_hidden_states were passed but the model has no cross-attention. "
-        "Received: config.add_cross_attention=False. Build the model with add_cross_attention=True."
-    )
-
-
-def _no_pad_token_error(batch_size: Any) -> ValueError:
-    return ValueError(
-        f"Cannot pick each row's last token without a padding token. Received: batch size {batch_size}, "
-        "config.pad_token_id=None. Set config.pad_token_id (e.g. to the tokenizer's pad/eos id)."
-    )
-
-
 @functools.lru_cache(maxsize=None)
 def _call_signature(cls: type) -> inspect.Signature:
     return inspect.signature(cls.call)
@@ -339,25 +315,31 @@ def _check_call(model: "TFGPT2PreTrainedModel", arguments: Mapping[str, Any]) ->
     traced with unknown dims (a serving signature) there is nothing static to check.
     """
     config = model.config
-    if arguments.get("cache_index") is not None:
-        return  # gpt2_tf.generation's preallocated cache: validated by generate
     input_ids, inputs_embeds = arguments.get("input_ids"), arguments.get("inputs_embeds")
     past_key_values = arguments.get("past_key_values")
+    preallocated = isinstance(past_key_values, KVCache)
+    layer_shapes = [(_shape(k), _shape(v)) for k, v in past_key_values] if past_key_values is not None else []
     shapes = {
         "input": _fold(_shape(input_ids), 2),
         "embeds": _fold(_shape(inputs_embeds), 3),
         "mask": _fold(_shape(arguments.get("attention_mask")), 2),
         "position": _fold(_shape(arguments.get("position_ids")), 2),
         "token_type": _fold(_shape(arguments.get("token_type_ids")), 2),
-        "past": _shape(past_key_values[0][0]) if past_key_values else None,
+        **{f"past_{i}": shape for i, pair in enumerate(layer_shapes) for shape in pair},
     }
     if arguments.get("encoder_hidden_states") is not None and not config.add_cross_attention:
-        raise _no_cross_attention_error()
+        raise checks.no_cross_attention_error()
     if any(shape is not None and None in shape for shape in shapes.values()):
         return
     first = shapes["input"] if shapes["input"] is not None else shapes["embeds"]
     B = first[0] if first else None
-    P = checks.check_past_key_values(config, past_key_values, B) if B is not None else 0
+    T = first[1] if first is not None and len(first) >= 2 else None
+    P, cache_max_length = 0, None
+    if past_key_values is not None and B is not None and T is not None:
+        # every layer, key and value (gpt2_core.checks.check_cache); a KVCache's length only when concrete
+        length = _static_int(past_key_values.length) if preallocated else None
+        P = checks.check_cache(config, layer_shapes, B, T, length=length, preallocated=preallocated)
+        cache_max_length = layer_shapes[0][0][2] if preallocated else None
     checks.check_model_inputs(
         config,
         input_ids=_min_max(input_ids),
@@ -368,17 +350,23 @@ def _check_call(model: "TFGPT2PreTrainedModel", arguments: Mapping[str, Any]) ->
         position_ids_shape=shapes["position"],
         token_type_ids_shape=shapes["token_type"],
         past_length=P,
+        cache_max_length=cache_max_length,
     )
-    if model.head == "seqcls" and config.pad_token_id is None and B != 1:
-        raise _no_pad_token_error(B)
+    if model.head == "seqcls" and B is not None:
+        checks.check_sequence_classification_batch(config, B)
 
 
 def _as_tensor(value: Any) -> Any:
-    if value is None or isinstance(value, (tf.Tensor, tf.Variable)) or tf.is_tensor(value):
+    if value is None or isinstance(value, (tf.Tensor, tf.Variable, KVCache)) or tf.is_tensor(value):
         return value
     if isinstance(value, (tuple, list)):
         return type(value)(_as_tensor(v) for v in value)
     return tf.convert_to_tensor(value)
+
+
+def _returned(output: Any, return_dict: bool | None) -> Any:
+    """transformers' `return_dict`: the output (None or True), or its `to_tuple()` (False: the fields that are set)."""
+    return output if return_dict is not False else output.to_tuple()
 
 
 class TFGPT2PreTrainedModel(keras.Model):
@@ -461,38 +449,30 @@ class TFGPT2PreTrainedModel(keras.Model):
             pretrained_model_name_or_path: Local directory or Hub id (e.g. `openai-community/gpt2`).
             config: Use this config instead of the checkpoint's `config.json`.
             dtype: Keras dtype of the model (`"float32"`, `"bfloat16"`, `"mixed_bfloat16"`...); float32 by default.
-            **hub_kwargs: `revision`, `cache_dir`, `token`, `local_files_only` for Hub downloads.
+            **hub_kwargs: `gpt2_core.hub.HUB_KWARGS` (`revision`, `cache_dir`, `token`, `local_files_only`,
+                `force_download`, `subfolder`), for config.json and the weights alike.
         """
-        from gpt2_core.hub import load_state_dict
+        from weights_convert.pretrained import load_pretrained
 
-        name = str(pretrained_model_name_or_path)
-        if config is None:
-            config = GPT2Config.from_pretrained(pretrained_model_name_or_path)
-        state = load_state_dict(pretrained_model_name_or_path, config=config, **hub_kwargs)
-        canonical, missing_head = naming.from_hub_state_dict(state, config, cls.head, source=f"checkpoint {name!r}")
-        model = cls(config, seed=SKIP_INIT, dtype=dtype)
-        if missing_head:
-            logger.warning(
-                "%s: %s not in the checkpoint; newly initialised. Train the model before using it for predictions.",
-                cls.__name__,
-                missing_head,
-            )
-            init = reference.init_params(config, cls.head, int(np.random.randint(0, 2**31 - 1)))
-            canonical.update({k: init[k] for k in missing_head})
-        model.load_canonical(canonical)
+        loaded = load_pretrained(
+            pretrained_model_name_or_path,
+            cls.head,
+            config=config,
+            owner=cls.__name__,
+            init_seed=lambda: int(np.random.randint(0, 2**31 - 1)),
+            **hub_kwargs,
+        )
+        with reference.skip_init():
+            model = cls(loaded.config, dtype=dtype)
+        model.load_canonical(loaded.canonical)
         return model
 
     def save_pretrained(self, save_directory: str | os.PathLike, *, max_shard_size: int | str | None = None) -> None:
-        """Write `config.json` + `model.safetensors` (sharded above `max_shard_size`) that transformers loads."""
-        from gpt2_core.hub import save_safetensors
+        """Write `config.json` + `model.safetensors` (sharded above `max_shard_size`) that transformers loads
+        (`weights_convert.pretrained.save_pretrained`)."""
+        from weights_convert.pretrained import save_pretrained
 
-        directory = Path(save_directory)
-        config = self.config.copy()
-        config.extra["architectures"] = [type(self).__name__[2:]]  # the PyTorch class transformers builds
-        state = naming.to_hub_state_dict(self.canonical_state_dict(), self.head)
-        config.extra["dtype"] = str(next(iter(state.values())).dtype)  # what the file holds
-        save_safetensors(state, directory, max_shard_size=max_shard_size)
-        config.save_pretrained(directory)
+        save_pretrained(save_directory, self.config, self.canonical_state_dict(), self.head, max_shard_size=max_shard_size)
 
     def num_parameters(self) -> int:
         return int(sum(np.prod(v.shape) for v in self.weights))
@@ -540,13 +520,11 @@ class TFGPT2PreTrainedModel(keras.Model):
         return {k: v for k, v in out.items() if tf.is_tensor(v)}
 
 
-# `seed=SKIP_INIT`: leave the (zero) weights for the caller to load: a task model's body, `from_pretrained`.
-SKIP_INIT = -1
-
-
 def _finish_init(model: TFGPT2PreTrainedModel, seed: int | None) -> None:
+    """Mark the model built and draw its initial weights, unless built inside `reference.skip_init()` (the one
+    skip-init rule of every backend: a task model's body, `from_pretrained`)."""
     model.built = True
-    if seed != SKIP_INIT:
+    if not reference.init_skipped():
         model.init_weights(seed)
 
 
@@ -556,7 +534,8 @@ class TFGPT2Model(TFGPT2PreTrainedModel):
     Args:
         config: The model config.
         seed: Initialise the weights from `gpt2_core.reference.init_params` with this seed; None draws one from
-            NumPy's RNG (as a task model's body the weights come from the task model).
+            NumPy's RNG. Nothing is drawn inside `gpt2_core.reference.skip_init()` (a task model's body, whose
+            weights come from the task model; `from_pretrained`).
     """
 
     head = "base"
@@ -577,7 +556,7 @@ class TFGPT2Model(TFGPT2PreTrainedModel):
     def call(
         self,
         input_ids: tf.Tensor | None = None,
-        past_key_values: tuple[tuple[tf.Tensor, tf.Tensor], ...] | None = None,
+        past_key_values: tuple[tuple[tf.Tensor, tf.Tensor], ...] | KVCache | None = None,
         attention_mask: tf.Tensor | None = None,
         token_type_ids: tf.Tensor | None = None,
         position_ids: tf.Tensor | None = None,
@@ -587,12 +566,16 @@ class TFGPT2Model(TFGPT2PreTrainedModel):
         use_cache: bool | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
-        return_dict: bool = True,
+        return_dict: bool | None = None,
         training: bool = False,
-        cache_index: Any = None,
-    ) -> BaseModelOutputWithPastAndCrossAttentions:
-        """Forward pass, transformers' arguments. `cache_index` (internal, gpt2_tf.generation): `past_key_values`
-        are preallocated buffers and `attention_mask` covers the whole buffer; the new tokens sit at `cache_index`."""
+    ) -> BaseModelOutputWithPastAndCrossAttentions | tuple:
+        """Forward pass, transformers' arguments.
+
+        `past_key_values` is transformers' tuple of per-layer (k, v) (B, N, P, H), returned as such, or a
+        `gpt2_tf.cache.KVCache`, returned as the next KVCache (also with `use_cache=False`); with a KVCache the
+        attention mask covers (B, length + T) or the whole buffer (B, S_max). `return_dict=False` returns
+        `to_tuple()` of the output.
+        """
         config = self.config
         use_cache = config.use_cache if use_cache is None else use_cache
         input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds = (
@@ -615,17 +598,27 @@ class TFGPT2Model(TFGPT2PreTrainedModel):
             position_ids = fold(position_ids)
         if inputs_embeds is None:
             inputs_embeds = self.wte(input_ids)  # (B, T, C)
+        B = inputs_embeds.shape[0] if inputs_embeds.shape[0] is not None else tf.shape(inputs_embeds)[0]
         T = inputs_embeds.shape[1] if inputs_embeds.shape[1] is not None else tf.shape(inputs_embeds)[1]
-        if cache_index is not None:
-            P, S = cache_index, tf.shape(past_key_values[0][0])[2]  # the buffer: S = S_max
+        # One attention path: with a cache, always a KVCache (a legacy tuple converted here, at the edge).
+        preallocated = isinstance(past_key_values, KVCache)
+        if preallocated:
+            cache = past_key_values
+        elif past_key_values is not None:
+            past_length = past_key_values[0][0].shape[2]
+            past_length = past_length if past_length is not None else tf.shape(past_key_values[0][0])[2]
+            cache = KVCache.from_legacy(past_key_values, max_length=past_length + T)
+        elif use_cache:
+            cache = KVCache.init(config, B, T, dtype=self.compute_dtype)
         else:
-            P = 0 if past_key_values is None else tf.shape(past_key_values[0][0])[2]
-            S = P + T
+            cache = None
+        P = cache.length if cache is not None else 0
+        S = cache.max_length if cache is not None else T
         if position_ids is None:
             if attention_mask is not None:
-                position_ids = position_ids_from_attention_mask(attention_mask, T, start=cache_index)
+                position_ids = position_ids_from_attention_mask(attention_mask, T, P if cache is not None else None)
             else:
-                position_ids = tf.range(P, P + T)[None, :]
+                position_ids = (P + tf.range(T))[None, :]  # (1, T); an addition keeps the shape static
         x = inputs_embeds + self.wpe(position_ids)
         if token_type_ids is not None:
             x = x + self.wte(token_type_ids)
@@ -633,29 +626,33 @@ class TFGPT2Model(TFGPT2PreTrainedModel):
 
         # causal[t, s]: key s is not in query t's future; key_ok[b, 0, 0, s]: key s is not padding
         causal = tf.range(S)[None, :] <= (P + tf.range(T))[:, None]  # (T, S)
-        key_ok = None if attention_mask is None else (attention_mask != 0)[:, None, None, :]  # (B, 1, 1, S)
+        key_ok = None
+        if attention_mask is not None:
+            width = attention_mask.shape[-1] if attention_mask.shape[-1] is not None else tf.shape(attention_mask)[-1]
+            key_ok = attention_mask != 0
+            if cache is not None and not (isinstance(width, int) and isinstance(S, int) and width == S):
+                # a (B, length + T) mask: the spare slots after it are hidden causally, any value does
+                key_ok = tf.pad(key_ok, [[0, 0], [0, S - width]], constant_values=True)  # (B, S)
+            key_ok = key_ok[:, None, None, :]  # (B, 1, 1, S)
         encoder_key_ok = None
         if encoder_hidden_states is not None and encoder_attention_mask is not None:
             encoder_key_ok = (encoder_attention_mask != 0)[:, None, None, :]  # (B, 1, 1, S_enc)
 
-        presents = [] if use_cache else None
+        presents = []
         all_hidden = [x] if output_hidden_states else None
         all_att = [] if output_attentions else None
         all_cross = [] if (output_attentions and encoder_hidden_states is not None) else None
-        for i, block in enumerate(self.h):
-            layer_past = past_key_values[i] if past_key_values is not None else None
+        for block in self.h:
             x, present, att, cross_att = block(
                 x,
-                layer_past=layer_past,
+                cache=cache,
                 causal=causal,
                 key_ok=key_ok,
                 encoder_hidden_states=encoder_hidden_states,
                 encoder_key_ok=encoder_key_ok,
-                cache_index=cache_index,
                 training=training,
             )
-            if use_cache:
-                presents.append(present)
+            presents.append(present)
             if output_attentions:
                 all_att.append(att)
                 if all_cross is not None:
@@ -670,13 +667,19 @@ class TFGPT2Model(TFGPT2PreTrainedModel):
             x = tf.reshape(x, tf.concat([lead_shape, tf.shape(x)[-2:]], 0))
             if output_hidden_states:
                 all_hidden[-1] = x
-        return BaseModelOutputWithPastAndCrossAttentions(
+        next_cache = None
+        if cache is not None and (use_cache or preallocated):
+            next_cache = cache.advance([k for k, _ in presents], [v for _, v in presents], T)
+            if not preallocated:
+                next_cache = next_cache.to_legacy()  # transformers' tuple in, tuple out
+        out = BaseModelOutputWithPastAndCrossAttentions(
             last_hidden_state=x,
-            past_key_values=tuple(presents) if use_cache else None,
+            past_key_values=next_cache,
             hidden_states=tuple(all_hidden) if output_hidden_states else None,
             attentions=tuple(all_att) if output_attentions else None,
             cross_attentions=tuple(all_cross) if all_cross is not None else None,
         )
+        return _returned(out, return_dict)
 
 
 def _lm_head(config: GPT2Config, dtype: Any) -> keras.layers.Dense | None:
@@ -700,7 +703,8 @@ class TFGPT2LMHeadModel(TFGPT2PreTrainedModel):
 
     def __init__(self, config: GPT2Config, seed: int | None = None, **kwargs: Any) -> None:
         super().__init__(config, **kwargs)
-        self.transformer = TFGPT2Model(config, seed=SKIP_INIT, dtype=self.dtype_policy)
+        with reference.skip_init():  # the task model initialises body and head together, once
+            self.transformer = TFGPT2Model(config, dtype=self.dtype_policy)
         self.lm_head = _lm_head(config, self.dtype_policy)
         _finish_init(self, seed)
 
@@ -713,7 +717,7 @@ class TFGPT2LMHeadModel(TFGPT2PreTrainedModel):
     def call(
         self,
         input_ids: tf.Tensor | None = None,
-        past_key_values: tuple[tuple[tf.Tensor, tf.Tensor], ...] | None = None,
+        past_key_values: tuple[tuple[tf.Tensor, tf.Tensor], ...] | KVCache | None = None,
         attention_mask: tf.Tensor | None = None,
         token_type_ids: tf.Tensor | None = None,
         position_ids: tf.Tensor | None = None,
@@ -724,7 +728,7 @@ class TFGPT2LMHeadModel(TFGPT2PreTrainedModel):
         use_cache: bool | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
-        return_dict: bool = True,
+        return_dict: bool | None = None,
         training: bool = False,
     ) -> CausalLMOutputWithCrossAttentions:
         out = self.transformer(
@@ -745,7 +749,7 @@ class TFGPT2LMHeadModel(TFGPT2PreTrainedModel):
         loss = None
         if labels is not None:
             loss = lm_loss(logits, labels)
-        return CausalLMOutputWithCrossAttentions(
+        output = CausalLMOutputWithCrossAttentions(
             loss=loss,
             logits=logits,
             past_key_values=out.past_key_values,
@@ -753,6 +757,7 @@ class TFGPT2LMHeadModel(TFGPT2PreTrainedModel):
             attentions=out.attentions,
             cross_attentions=out.cross_attentions,
         )
+        return _returned(output, return_dict)
 
     def generate(self, input_ids: Any, **kwargs: Any) -> tf.Tensor:
         """XLA-compiled cached decoding; see `gpt2_tf.generation.generate` for the arguments."""
@@ -820,16 +825,20 @@ class TFGPT2DoubleHeadsModel(TFGPT2PreTrainedModel):
     """GPT-2 with a language-modeling head and a multiple-choice head (RocStories/SWAG style).
 
     Args:
-        config: The model config; as in transformers, `num_labels` is set to 1.
+        config: The model config; as in transformers, the model's copy of it has `num_labels = 1` (the caller's
+            config is not changed).
         seed: Seed of the initial weights; None draws one from NumPy's RNG.
     """
 
     head = "double"
 
     def __init__(self, config: GPT2Config, seed: int | None = None, **kwargs: Any) -> None:
-        config.num_labels = 1
+        if isinstance(config, GPT2Config):
+            config = config.copy()
+            config.num_labels = 1
         super().__init__(config, **kwargs)
-        self.transformer = TFGPT2Model(config, seed=SKIP_INIT, dtype=self.dtype_policy)
+        with reference.skip_init():  # the task model initialises body and head together, once
+            self.transformer = TFGPT2Model(config, dtype=self.dtype_policy)
         self.lm_head = _lm_head(config, self.dtype_policy)
         self.multiple_choice_head = TFGPT2SequenceSummary(config, dtype=self.dtype_policy)
         _finish_init(self, seed)
@@ -839,7 +848,7 @@ class TFGPT2DoubleHeadsModel(TFGPT2PreTrainedModel):
     def call(
         self,
         input_ids: tf.Tensor | None = None,
-        past_key_values: tuple[tuple[tf.Tensor, tf.Tensor], ...] | None = None,
+        past_key_values: tuple[tuple[tf.Tensor, tf.Tensor], ...] | KVCache | None = None,
         attention_mask: tf.Tensor | None = None,
         token_type_ids: tf.Tensor | None = None,
         position_ids: tf.Tensor | None = None,
@@ -850,7 +859,7 @@ class TFGPT2DoubleHeadsModel(TFGPT2PreTrainedModel):
         use_cache: bool | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
-        return_dict: bool = True,
+        return_dict: bool | None = None,
         training: bool = False,
     ) -> GPT2DoubleHeadsModelOutput:
         out = self.transformer(
@@ -871,11 +880,11 @@ class TFGPT2DoubleHeadsModel(TFGPT2PreTrainedModel):
         mc_logits = tf.squeeze(mc_logits, -1)  # (B, choices)
         mc_loss = None
         if mc_labels is not None:
-            mc_loss = _cross_entropy(mc_logits, mc_labels)
+            mc_loss = _cross_entropy(mc_logits, mc_labels, reference.IGNORE_INDEX)  # as torch: -100 is ignored
         loss = None
         if labels is not None:
             loss = lm_loss(logits, labels)
-        return GPT2DoubleHeadsModelOutput(
+        output = GPT2DoubleHeadsModelOutput(
             loss=loss,
             mc_loss=mc_loss,
             logits=logits,
@@ -884,6 +893,7 @@ class TFGPT2DoubleHeadsModel(TFGPT2PreTrainedModel):
             hidden_states=out.hidden_states,
             attentions=out.attentions,
         )
+        return _returned(output, return_dict)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """Both heads train together: the LM loss plus the multiple-choice loss, whichever labels are given."""
@@ -905,14 +915,15 @@ class TFGPT2ForSequenceClassification(TFGPT2PreTrainedModel):
     def __init__(self, config: GPT2Config, seed: int | None = None, **kwargs: Any) -> None:
         super().__init__(config, **kwargs)
         self.num_labels = config.num_labels
-        self.transformer = TFGPT2Model(config, seed=SKIP_INIT, dtype=self.dtype_policy)
+        with reference.skip_init():  # the task model initialises body and head together, once
+            self.transformer = TFGPT2Model(config, dtype=self.dtype_policy)
         self.score = _dense(config.num_labels, config.n_embd, False, self.dtype_policy)
         _finish_init(self, seed)
 
     def call(
         self,
         input_ids: tf.Tensor | None = None,
-        past_key_values: tuple[tuple[tf.Tensor, tf.Tensor], ...] | None = None,
+        past_key_values: tuple[tuple[tf.Tensor, tf.Tensor], ...] | KVCache | None = None,
         attention_mask: tf.Tensor | None = None,
         token_type_ids: tf.Tensor | None = None,
         position_ids: tf.Tensor | None = None,
@@ -921,7 +932,7 @@ class TFGPT2ForSequenceClassification(TFGPT2PreTrainedModel):
         use_cache: bool | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
-        return_dict: bool = True,
+        return_dict: bool | None = None,
         training: bool = False,
     ) -> SequenceClassifierOutputWithPast:
         input_ids = _as_tensor(input_ids)
@@ -939,14 +950,11 @@ class TFGPT2ForSequenceClassification(TFGPT2PreTrainedModel):
         )
         logits = self.score(out.last_hidden_state)  # (B, T, L)
         B, T = logits.shape[0], tf.shape(logits)[1]
-        if self.config.pad_token_id is None and B != 1:
-            raise _no_pad_token_error(B)
-        if self.config.pad_token_id is None or input_ids is None:
+        if B is not None:
+            checks.check_sequence_classification_batch(self.config, B)
+        last = last_non_pad_index(input_ids, self.config.pad_token_id, T)
+        if isinstance(last, int):  # -1: the last position of every row
             last = tf.fill(tf.shape(logits)[:1], T - 1)
-        else:
-            # the rightmost non-padding index (0 for a row of padding), as reference.last_non_pad_index
-            non_pad = tf.cast(input_ids != self.config.pad_token_id, tf.int32)
-            last = tf.reduce_max(tf.range(T)[None, :] * non_pad, axis=-1)
         pooled = tf.gather(logits, last, axis=1, batch_dims=1)  # (B, L)
         loss = None
         if labels is not None:
@@ -964,13 +972,14 @@ class TFGPT2ForSequenceClassification(TFGPT2PreTrainedModel):
             else:
                 y, p = tf.cast(labels, tf.float32), tf.cast(pooled, tf.float32)
                 loss = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=y, logits=p))
-        return SequenceClassifierOutputWithPast(
+        output = SequenceClassifierOutputWithPast(
             loss=loss,
             logits=pooled,
             past_key_values=out.past_key_values,
             hidden_states=out.hidden_states,
             attentions=out.attentions,
         )
+        return _returned(output, return_dict)
 
 
 class TFGPT2ForTokenClassification(TFGPT2PreTrainedModel):
@@ -986,7 +995,8 @@ class TFGPT2ForTokenClassification(TFGPT2PreTrainedModel):
     def __init__(self, config: GPT2Config, seed: int | None = None, **kwargs: Any) -> None:
         super().__init__(config, **kwargs)
         self.num_labels = config.num_labels
-        self.transformer = TFGPT2Model(config, seed=SKIP_INIT, dtype=self.dtype_policy)
+        with reference.skip_init():  # the task model initialises body and head together, once
+            self.transformer = TFGPT2Model(config, dtype=self.dtype_policy)
         p = config.classifier_dropout if config.classifier_dropout is not None else 0.1
         self.dropout = _dropout(p, self.dtype_policy)
         self.classifier = _dense(config.num_labels, config.n_embd, dtype=self.dtype_policy)
@@ -995,7 +1005,7 @@ class TFGPT2ForTokenClassification(TFGPT2PreTrainedModel):
     def call(
         self,
         input_ids: tf.Tensor | None = None,
-        past_key_values: tuple[tuple[tf.Tensor, tf.Tensor], ...] | None = None,
+        past_key_values: tuple[tuple[tf.Tensor, tf.Tensor], ...] | KVCache | None = None,
         attention_mask: tf.Tensor | None = None,
         token_type_ids: tf.Tensor | None = None,
         position_ids: tf.Tensor | None = None,
@@ -1004,7 +1014,7 @@ class TFGPT2ForTokenClassification(TFGPT2PreTrainedModel):
         use_cache: bool | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
-        return_dict: bool = True,
+        return_dict: bool | None = None,
         training: bool = False,
     ) -> TokenClassifierOutput:
         out = self.transformer(
@@ -1023,9 +1033,10 @@ class TFGPT2ForTokenClassification(TFGPT2PreTrainedModel):
         loss = None
         if labels is not None:
             loss = _cross_entropy(logits, labels, reference.IGNORE_INDEX)
-        return TokenClassifierOutput(
+        output = TokenClassifierOutput(
             loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions
         )
+        return _returned(output, return_dict)
 
 
 class TFGPT2ForQuestionAnswering(TFGPT2PreTrainedModel):
@@ -1040,7 +1051,8 @@ class TFGPT2ForQuestionAnswering(TFGPT2PreTrainedModel):
 
     def __init__(self, config: GPT2Config, seed: int | None = None, **kwargs: Any) -> None:
         super().__init__(config, **kwargs)
-        self.transformer = TFGPT2Model(config, seed=SKIP_INIT, dtype=self.dtype_policy)
+        with reference.skip_init():  # the task model initialises body and head together, once
+            self.transformer = TFGPT2Model(config, dtype=self.dtype_policy)
         self.qa_outputs = _dense(2, config.n_embd, dtype=self.dtype_policy)
         _finish_init(self, seed)
 
@@ -1055,7 +1067,7 @@ class TFGPT2ForQuestionAnswering(TFGPT2PreTrainedModel):
         end_positions: tf.Tensor | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
-        return_dict: bool = True,
+        return_dict: bool | None = None,
         training: bool = False,
     ) -> QuestionAnsweringModelOutput:
         out = self.transformer(
@@ -1079,13 +1091,14 @@ class TFGPT2ForQuestionAnswering(TFGPT2PreTrainedModel):
             start_loss = _cross_entropy(start_logits, start_positions, ignored)
             end_loss = _cross_entropy(end_logits, end_positions, ignored)
             loss = (start_loss + end_loss) / 2
-        return QuestionAnsweringModelOutput(
+        output = QuestionAnsweringModelOutput(
             loss=loss,
             start_logits=start_logits,
             end_logits=end_logits,
             hidden_states=out.hidden_states,
             attentions=out.attentions,
         )
+        return _returned(output, return_dict)
 
 
 MODEL_CLASSES = {

@@ -1,8 +1,8 @@
-"""`gpt2 train --backend tf`: AdamW with warmup + cosine decay, gradient clipping, evaluation, checkpoints, resume,
-and data parallelism with `tf.distribute.MirroredStrategy` when more than one device is visible.
+"""`gpt2 train --backend tf`: the TensorFlow parts of gpt2_core.training's loop: AdamW, gradient clipping, a
+compiled step, and data parallelism with `tf.distribute.MirroredStrategy` when more than one device is visible.
 
-Mirrors gpt2_torch/training.py function for function. The data, batch order, schedule and bookkeeping come from
-gpt2_core.training; the initial weights come from gpt2_core.reference.init_params (as in torch), so for the same
+Mirrors gpt2_torch/training.py. The loop (data, batch order, schedule, evaluation, checkpoints, resume) is
+gpt2_core.training's; the initial weights come from gpt2_core.reference.init_params (as in torch), so for the same
 seed the two trainers start from the same weights and, with dropout off, follow the same loss curve.
 
 The optimizer is a small AdamW written out here rather than `keras.optimizers.AdamW`, so that its arithmetic is
@@ -18,10 +18,8 @@ are averaged, so the loss curve does not depend on the number of replicas.
 
 from __future__ import annotations
 
-import logging
 import math
 import os
-import time
 from pathlib import Path
 
 import numpy as np
@@ -31,25 +29,11 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 import keras  # noqa: E402
 
 from gpt2_core import naming  # noqa: E402
-from gpt2_core.tokenization import GPT2TokenizerFast  # noqa: E402
-from gpt2_core.training import (  # noqa: E402
-    METRICS_NAME,
-    MetricsLog,
-    TrainConfig,
-    build_dataset,
-    collect_text_files,
-    decays,
-    last_checkpoint,
-    learning_rate,
-    read_state,
-    resolve_model_config,
-    unigram_loss,
-    write_state,
-)
+from gpt2_core.config import GPT2Config  # noqa: E402
+from gpt2_core.hub import atomic_path  # noqa: E402
+from gpt2_core.training import TrainConfig, decays, run_training  # noqa: E402
 from gpt2_tf.model import TFGPT2LMHeadModel  # noqa: E402
 from gpt2_tf.weights import named_variables  # noqa: E402
-
-logger = logging.getLogger(__name__)
 
 OPTIMIZER_NAME = "optimizer.npz"
 
@@ -62,12 +46,6 @@ def _strategy() -> tf.distribute.Strategy:
     if len(devices) > 1:
         return tf.distribute.MirroredStrategy([d.name for d in devices])
     return tf.distribute.get_strategy()
-
-
-def _load_tokenizer(pretrained: str | None) -> GPT2TokenizerFast:
-    if pretrained and (Path(pretrained) / "vocab.json").exists():
-        return GPT2TokenizerFast.from_pretrained(pretrained)
-    return GPT2TokenizerFast()  # same ids as GPT2Tokenizer (tested), much faster on a corpus
 
 
 class AdamW:
@@ -193,102 +171,66 @@ def make_eval_step(model: TFGPT2LMHeadModel):
     return eval_step
 
 
-def evaluate(eval_step, batches: list[np.ndarray]) -> float:
-    losses = [float(eval_step(tf.constant(b))) for b in batches]
-    return float(np.mean(losses)) if losses else float("nan")
+class TFTrainer:
+    """gpt2_core.training.TrainerBackend for a TFGPT2LMHeadModel; one process, `_strategy()`'s replicas.
 
+    Constructing it picks the strategy (MirroredStrategy when several devices are visible).
+    """
 
-def save_checkpoint(model, optimizer, tokenizer, directory: Path, step: int, tc: TrainConfig, extra: dict) -> None:
-    """A Hub-layout model directory plus optimizer and trainer state; the state file is written last, so a
-    directory without it is incomplete and ignored by resume."""
-    directory.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    if optimizer is not None:
-        tmp = directory / (OPTIMIZER_NAME + ".tmp")
-        with open(tmp, "wb") as f:
-            np.savez(f, **optimizer.state())
-        os.replace(tmp, directory / OPTIMIZER_NAME)
-    write_state(directory, step, tc, extra)
+    name = "tf"
+    world_unit = "replicas"
+    rank = 0
+
+    def __init__(self) -> None:
+        self.strategy = _strategy()
+        self.world_size = self.strategy.num_replicas_in_sync
+
+    def build(self, tc: TrainConfig, *, config: GPT2Config | None, weights: str | Path | None,
+              optimizer_state: Path | None) -> None:
+        keras.utils.set_random_seed(tc.seed)  # dropout (its masks differ from torch's: equal curves need dropout 0)
+        with self.strategy.scope():
+            if weights is None:
+                model = TFGPT2LMHeadModel.from_config(config, seed=tc.seed)
+            else:
+                model = TFGPT2LMHeadModel.from_pretrained(weights, config=config)
+            optimizer = AdamW(model, tc)
+            if optimizer_state is not None and (optimizer_state / OPTIMIZER_NAME).exists():
+                with np.load(optimizer_state / OPTIMIZER_NAME, allow_pickle=False) as state:
+                    optimizer.load_state(dict(state))
+        self.model, self.optimizer = model, optimizer
+        self.train_step = make_train_step(model, optimizer, self.strategy, tc)
+        self.eval_step = make_eval_step(model)
+
+    def num_parameters(self) -> int:
+        return self.model.num_parameters()
+
+    def step(self, batch: np.ndarray, lr: float) -> tuple[tf.Tensor, tf.Tensor]:
+        step_size, bc2_sqrt = self.optimizer.scalars(lr)
+        loss, grad_norm = self.train_step(tf.constant(batch), tf.constant(lr, tf.float32),
+                                          tf.constant(step_size, tf.float32), tf.constant(bc2_sqrt, tf.float32))
+        self.optimizer.step += 1
+        return loss, grad_norm
+
+    def eval_batch_size(self, tc: TrainConfig) -> int:
+        return max(1, tc.batch_size // self.world_size)  # as torch's rank 0, which evaluates its per-rank batch
+
+    def evaluate(self, batches: list[np.ndarray]) -> float:
+        losses = [float(self.eval_step(tf.constant(b))) for b in batches]
+        return float(np.mean(losses)) if losses else float("nan")
+
+    def save(self, directory: Path, *, optimizer: bool) -> None:
+        self.model.save_pretrained(directory)
+        if optimizer:
+            with atomic_path(directory / OPTIMIZER_NAME) as tmp, open(tmp, "wb") as f:
+                np.savez(f, **self.optimizer.state())
+
+    def sync(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def train(tc: TrainConfig, progress: bool = True) -> dict:
-    """Train (or fine-tune) a TFGPT2LMHeadModel; returns the final metrics."""
-    strategy = _strategy()
-    world = strategy.num_replicas_in_sync
-    if tc.batch_size % world:
-        raise ValueError(f"--batch-size must be divisible by the number of replicas. Received: {tc.batch_size}, {world} replicas.")
-    out = Path(tc.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    config, pretrained = resolve_model_config(tc)
-    tokenizer = _load_tokenizer(pretrained)
-    ds = build_dataset(collect_text_files(tc.data), tokenizer, tc.block_size, config.n_positions, tc.eval_fraction)
-    if config.vocab_size < tokenizer.vocab_size:
-        raise ValueError(f"The model's vocab_size is smaller than the tokenizer's. Received: {config.vocab_size} < {tokenizer.vocab_size}.")
-
-    start_step = 0
-    resume_dir = last_checkpoint(out) if tc.resume else None
-    keras.utils.set_random_seed(tc.seed)  # dropout (its masks differ from torch's: equal curves need dropout 0)
-    with strategy.scope():
-        if resume_dir is not None:
-            model = TFGPT2LMHeadModel.from_pretrained(resume_dir)
-            start_step = int(read_state(resume_dir)["step"])
-            logger.info("Resuming from %s (step %d)", resume_dir, start_step)
-        elif pretrained is not None:
-            model = TFGPT2LMHeadModel.from_pretrained(pretrained, config=config)
-        else:
-            model = TFGPT2LMHeadModel.from_config(config, seed=tc.seed)
-        optimizer = AdamW(model, tc)
-        if resume_dir is not None and (resume_dir / OPTIMIZER_NAME).exists():
-            with np.load(resume_dir / OPTIMIZER_NAME, allow_pickle=False) as state:
-                optimizer.load_state(dict(state))
-    train_step = make_train_step(model, optimizer, strategy, tc)
-    eval_step = make_eval_step(model)
-
-    log = MetricsLog(out / METRICS_NAME)
-    if start_step == 0:
-        log.write(event="start", backend="tf", world_size=world, n_params=model.num_parameters(), n_tokens=ds.n_tokens,
-                  train_blocks=len(ds.train), eval_blocks=len(ds.eval), eval_files=ds.eval_files,
-                  unigram_eval_loss=unigram_loss(ds, config.vocab_size), train_config=tc.to_json())
-    per_replica = tc.batch_size // world
-    batches = ds.batches(tc.batch_size, tc.seed, start_step)
-    eval_set = ds.eval_batches(max(1, per_replica), tc.eval_batches)  # torch's rank 0 evaluates its per-rank batch
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=tc.max_steps, initial=start_step, desc="train", unit="step")
-    t0, tokens, last = time.perf_counter(), 0, {}
-    for step in range(start_step, tc.max_steps):
-        batch = next(batches)
-        lr = learning_rate(step, tc)
-        step_size, bc2_sqrt = optimizer.scalars(lr)
-        loss, grad_norm = train_step(tf.constant(batch), tf.constant(lr, tf.float32), tf.constant(step_size, tf.float32),
-                                     tf.constant(bc2_sqrt, tf.float32))
-        optimizer.step += 1
-        tokens += batch.size
-        loss_value = float(loss)
-        if not math.isfinite(loss_value):
-            raise FloatingPointError(f"The loss became {loss_value} at step {step}. Lower --learning-rate.")
-        done = step + 1
-        if done % tc.log_every == 0 or done == tc.max_steps:
-            rate = tokens / (time.perf_counter() - t0)
-            log.write(step=done, loss=loss_value, lr=lr, grad_norm=float(grad_norm), tokens_per_s=rate)
-            if bar is not None:
-                bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{rate:,.0f}")
-        last = {"step": done, "loss": loss_value}
-        if (done % tc.eval_every == 0 or done == tc.max_steps) and eval_set:
-            eval_loss = evaluate(eval_step, eval_set)
-            last.update(eval_loss=eval_loss, eval_perplexity=math.exp(min(eval_loss, 50)))
-            log.write(step=done, eval_loss=eval_loss, eval_perplexity=last["eval_perplexity"])
-        if tc.save_every and done % tc.save_every == 0 and done != tc.max_steps:
-            save_checkpoint(model, optimizer, tokenizer, out / f"checkpoint-{done}", done, tc, last)
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
-    save_checkpoint(model, optimizer, tokenizer, out / f"checkpoint-{tc.max_steps}", tc.max_steps, tc, last)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    log.write(event="end", **last)
-    return last
+    """Train (or fine-tune) a TFGPT2LMHeadModel with gpt2_core.training's loop; returns the final metrics."""
+    return run_training(tc, TFTrainer(), progress=progress)

@@ -1,6 +1,7 @@
 """GPT-2 in PyTorch: transformers' six GPT-2 classes, numerically identical to gpt2_tf and gpt2_flax."""
 
 from gpt2_core.config import GPT2Config
+from gpt2_torch.cache import KVCache
 from gpt2_torch.model import (
     GPT2DoubleHeadsModel,
     GPT2ForQuestionAnswering,
@@ -20,4 +21,5 @@ __all__ = [
     "GPT2ForSequenceClassification",
     "GPT2ForTokenClassification",
     "GPT2PreTrainedModel",
+    "KVCache",
 ]

@@ -3,7 +3,13 @@
 Mirrors `gpt2_tf/model.py` and `gpt2_flax/model.py` class for class and name for name; every decision (activation
 formulas, attention scale, mask fill, position ids of padded batches, losses) follows `gpt2_core.reference`.
 
-Shapes: B batch, T query length, S key length (past + new), N heads, H head dim, C n_embd, V vocab.
+Attention has one path: with a past or `use_cache`, every layer writes its keys and values into a preallocated
+`gpt2_torch.cache.KVCache` and attends over the whole buffer (future slots hidden by the causal mask). transformers'
+`past_key_values` tuple converts at the edge (`KVCache.from_legacy` in, `to_legacy` out); a `KVCache` passed in is
+returned advanced. Input checks are `gpt2_core.checks` (every cache layer included).
+
+Shapes: B batch, T query length, S key length (the cache buffer, S_max, or T without a cache), N heads, H head dim,
+C n_embd, V vocab.
 
 References: OpenAI gpt-2 `src/model.py`; transformers `models/gpt2/modeling_gpt2.py` (v5); nanoGPT `model.py`.
 """
@@ -13,7 +19,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gpt2_core import checks, naming, reference
+from gpt2_core import checks, reference
 from gpt2_core.config import GPT2Config
 from gpt2_core.outputs import (
     BaseModelOutputWithPastAndCrossAttentions,
@@ -31,6 +36,7 @@ from gpt2_core.outputs import (
     SequenceClassifierOutputWithPast,
     TokenClassifierOutput,
 )
+from gpt2_torch.cache import KVCache
 
 logger = logging.getLogger(__name__)
 
@@ -55,13 +61,33 @@ ACT2FN = {
 }
 
 
-def position_ids_from_attention_mask(attention_mask: torch.Tensor, query_length: int) -> torch.Tensor:
-    """gpt2_core.reference.position_ids_from_attention_mask: `max(0, index - leading_pads)`, last T columns."""
+def position_ids_from_attention_mask(
+    attention_mask: torch.Tensor, query_length: int, past_length: torch.Tensor | int | None = None
+) -> torch.Tensor:
+    """gpt2_core.reference.position_ids_from_attention_mask: `max(0, index - leading_pads)`.
+
+    The queries are the last `query_length` columns of the mask, or, with a `KVCache` whose mask covers the whole
+    buffer, the `query_length` columns from `past_length` on (a 0-d tensor is fine: nothing is read on the host).
+    """
     S = attention_mask.shape[-1]
     present = attention_mask != 0
     leading = torch.where(present.any(-1), torch.argmax(present.to(torch.int32), dim=-1), S)  # (B,)
-    pos = torch.clamp(torch.arange(S, device=attention_mask.device)[None, :] - leading[:, None], min=0)  # (B, S)
-    return pos[:, S - query_length :]
+    start = S - query_length if past_length is None else past_length
+    index = start + torch.arange(query_length, device=attention_mask.device)  # (T,)
+    return torch.clamp(index[None, :] - leading[:, None], min=0)  # (B, T)
+
+
+def last_non_pad_index(input_ids: torch.Tensor | None, pad_token_id: int | None, seq_len: int) -> torch.Tensor | int:
+    """gpt2_core.reference.last_non_pad_index: the rightmost token that is not padding (-1 without pad/ids)."""
+    if pad_token_id is None or input_ids is None:
+        return -1
+    non_pad = (input_ids != pad_token_id).to(torch.long)
+    return (torch.arange(seq_len, device=input_ids.device) * non_pad).argmax(-1)
+
+
+def _dropout(dropout: nn.Dropout, x: torch.Tensor, deterministic: bool) -> torch.Tensor:
+    # `deterministic` turns dropout off for one call without touching the module's train/eval mode (generation).
+    return x if deterministic else dropout(x)
 
 
 class GPT2Attention(nn.Module):
@@ -79,6 +105,7 @@ class GPT2Attention(nn.Module):
         self.n_head = config.n_head
         self.head_dim = config.head_dim
         self.is_cross_attention = is_cross_attention
+        self.layer_idx = layer_idx
         self.scale = reference.attention_scale(config, layer_idx)
         self.reorder_and_upcast_attn = config.reorder_and_upcast_attn
         if is_cross_attention:
@@ -97,10 +124,11 @@ class GPT2Attention(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        layer_past: tuple[torch.Tensor, torch.Tensor] | None = None,
+        cache: KVCache | None = None,
         causal: torch.Tensor | None = None,
         key_ok: torch.Tensor | None = None,
         encoder_hidden_states: torch.Tensor | None = None,
+        deterministic: bool = False,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None, torch.Tensor]:
         B, T, C = x.shape
         if self.is_cross_attention:
@@ -109,10 +137,11 @@ class GPT2Attention(nn.Module):
         else:
             q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = self._split_heads(q), self._split_heads(k), self._split_heads(v)  # (B, N, T, H)
-        if layer_past is not None:
-            k = torch.cat([layer_past[0], k], dim=2)  # (B, N, S, H)
-            v = torch.cat([layer_past[1], v], dim=2)
-        present = None if self.is_cross_attention else (k, v)
+        present = None
+        if cache is not None and not self.is_cross_attention:
+            # The whole preallocated buffer: slots past length + T are hidden by the causal mask.
+            k, v = cache.update(self.layer_idx, k, v)  # (B, N, S_max, H)
+            present = (k, v)
         if self.reorder_and_upcast_attn:
             # Mistral: scale q before the product and keep scores and softmax in float32 (fp16/bf16 stability).
             att = torch.matmul(q.float() * self.scale, k.float().transpose(-1, -2))  # (B, N, T, S)
@@ -124,10 +153,10 @@ class GPT2Attention(nn.Module):
         if causal is not None:
             att = att.masked_fill(~causal, torch.finfo(att.dtype).min)
         att = F.softmax(att, dim=-1).to(v.dtype)
-        att = self.attn_dropout(att)
+        att = _dropout(self.attn_dropout, att, deterministic)
         y = torch.matmul(att, v)  # (B, N, T, H)
         y = y.transpose(1, 2).reshape(B, T, C)
-        y = self.resid_dropout(self.c_proj(y))
+        y = _dropout(self.resid_dropout, self.c_proj(y), deterministic)
         return y, present, att
 
 
@@ -145,8 +174,8 @@ class GPT2MLP(nn.Module):
         self.act = ACT2FN[config.activation_function]
         self.dropout = nn.Dropout(config.resid_pdrop)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.c_proj(self.act(self.c_fc(x))))
+    def forward(self, x: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
+        return _dropout(self.dropout, self.c_proj(self.act(self.c_fc(x))), deterministic)
 
 
 class GPT2Block(nn.Module):
@@ -170,26 +199,24 @@ class GPT2Block(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        layer_past: tuple[torch.Tensor, torch.Tensor] | None = None,
+        cache: KVCache | None = None,
         causal: torch.Tensor | None = None,
         key_ok: torch.Tensor | None = None,
         encoder_hidden_states: torch.Tensor | None = None,
         encoder_key_ok: torch.Tensor | None = None,
+        deterministic: bool = False,
     ) -> tuple[torch.Tensor, Any, torch.Tensor, torch.Tensor | None]:
-        y, present, att = self.attn(self.ln_1(x), layer_past, causal, key_ok)
+        y, present, att = self.attn(self.ln_1(x), cache, causal, key_ok, deterministic=deterministic)
         x = x + y
         cross_att = None
         if encoder_hidden_states is not None:
             if not hasattr(self, "crossattention"):
-                raise ValueError(
-                    "encoder_hidden_states were passed but the model has no cross-attention. "
-                    "Received: config.add_cross_attention=False. Build the model with add_cross_attention=True."
-                )
+                raise checks.no_cross_attention_error()
             y, _, cross_att = self.crossattention(
-                self.ln_cross_attn(x), None, None, encoder_key_ok, encoder_hidden_states
+                self.ln_cross_attn(x), None, None, encoder_key_ok, encoder_hidden_states, deterministic
             )
             x = x + y
-        x = x + self.mlp(self.ln_2(x))
+        x = x + self.mlp(self.ln_2(x), deterministic)
         return x, present, att, cross_att
 
 
@@ -256,29 +283,24 @@ class GPT2PreTrainedModel(nn.Module):
             dtype: Parameter dtype (`torch.float16`, `"bfloat16"`, ...); float32 by default.
             torch_dtype: Old name of `dtype`.
             device: Where to put the model.
-            **hub_kwargs: `revision`, `cache_dir`, `token`, `local_files_only` for Hub downloads.
+            **hub_kwargs: `gpt2_core.hub.HUB_KWARGS` (`revision`, `cache_dir`, `token`, `local_files_only`,
+                `force_download`, `subfolder`), for config.json and the weights alike.
         """
-        from gpt2_core.hub import load_state_dict
+        from weights_convert.pretrained import load_pretrained
 
-        if config is None:
-            config = GPT2Config.from_pretrained(pretrained_model_name_or_path)
-        state = load_state_dict(pretrained_model_name_or_path, config=config, **hub_kwargs)
-        canonical, missing_head = naming.from_hub_state_dict(
-            state, config, cls.head, source=f"checkpoint {str(pretrained_model_name_or_path)!r}"
+        loaded = load_pretrained(
+            pretrained_model_name_or_path,
+            cls.head,
+            config=config,
+            owner=cls.__name__,
+            init_seed=lambda: int(torch.randint(0, 2**31 - 1, ()).item()),
+            **hub_kwargs,
         )
-        with torch.device("meta"):
-            model = cls(config)
+        with reference.skip_init(), torch.device("meta"):
+            model = cls(loaded.config)
         model = model.to_empty(device="cpu")
         model.tie_weights()  # to_empty gives every parameter its own storage
-        if missing_head:
-            logger.warning(
-                "%s: %s not in the checkpoint; newly initialised. Train the model before using it for predictions.",
-                cls.__name__,
-                missing_head,
-            )
-            init = reference.init_params(config, cls.head, int(torch.randint(0, 2**31 - 1, ()).item()))
-            canonical.update({k: init[k] for k in missing_head})
-        model.load_canonical(canonical)
+        model.load_canonical(loaded.canonical)
         dtype = dtype if dtype is not None else torch_dtype
         if isinstance(dtype, str):
             dtype = getattr(torch, dtype)
@@ -291,18 +313,13 @@ class GPT2PreTrainedModel(nn.Module):
     def save_pretrained(
         self, save_directory: str | os.PathLike, *, max_shard_size: int | str | None = None, safe_serialization: bool = True
     ) -> None:
-        """Write `config.json` + `model.safetensors` (sharded above `max_shard_size`) that transformers loads."""
-        from gpt2_core.hub import save_safetensors
+        """Write `config.json` + `model.safetensors` (sharded above `max_shard_size`) that transformers loads
+        (`weights_convert.pretrained.save_pretrained`)."""
+        from weights_convert.pretrained import save_pretrained
 
         if not safe_serialization:
             raise ValueError("Only safetensors is written. Received: safe_serialization=False. Use gpt2-convert --to pytorch.")
-        directory = Path(save_directory)
-        config = self.config.copy()
-        config.extra["architectures"] = [type(self).__name__]
-        config.extra["dtype"] = str(next(self.parameters()).dtype).replace("torch.", "")
-        state = naming.to_hub_state_dict(self.canonical_state_dict(), self.head)
-        save_safetensors(state, directory, max_shard_size=max_shard_size)
-        config.save_pretrained(directory)
+        save_pretrained(save_directory, self.config, self.canonical_state_dict(), self.head, max_shard_size=max_shard_size)
 
     def tie_weights(self) -> None:
         """Share the token embedding with the LM head when `tie_word_embeddings` (models with an LM head)."""
@@ -337,7 +354,7 @@ class GPT2Model(GPT2PreTrainedModel):
         self.drop = nn.Dropout(config.embd_pdrop)
         self.h = nn.ModuleList([GPT2Block(config, i) for i in range(config.n_layer)])
         self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
-        if type(self) is GPT2Model and not _on_meta():
+        if type(self) is GPT2Model and not _skip_init():
             self.init_weights()
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -346,7 +363,7 @@ class GPT2Model(GPT2PreTrainedModel):
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
-        past_key_values: tuple[tuple[torch.Tensor, torch.Tensor], ...] | None = None,
+        past_key_values: tuple[tuple[torch.Tensor, torch.Tensor], ...] | KVCache | None = None,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
@@ -356,8 +373,17 @@ class GPT2Model(GPT2PreTrainedModel):
         use_cache: bool | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
-        return_dict: bool = True,
-    ) -> BaseModelOutputWithPastAndCrossAttentions:
+        return_dict: bool | None = None,
+        deterministic: bool = False,
+        _check_inputs: bool = True,
+    ) -> BaseModelOutputWithPastAndCrossAttentions | tuple:
+        """The transformer; see transformers' `GPT2Model.forward` for the arguments.
+
+        `past_key_values` is transformers' tuple (returned as a tuple when `use_cache`) or a `KVCache` (always
+        returned, advanced). `deterministic=True` turns dropout off for this call whatever the train/eval mode.
+        `_check_inputs=False` skips the input checks, which read values on the host: only for the generation loop,
+        which built its inputs itself.
+        """
         config = self.config
         use_cache = config.use_cache if use_cache is None else use_cache
         # Leading dims beyond batch (the multiple-choice head's choices) fold into the batch, as in transformers.
@@ -372,50 +398,62 @@ class GPT2Model(GPT2PreTrainedModel):
             attention_mask = None if attention_mask is None else attention_mask.reshape(-1, attention_mask.shape[-1])
             token_type_ids = None if token_type_ids is None else token_type_ids.reshape(-1, token_type_ids.shape[-1])
             position_ids = None if position_ids is None else position_ids.reshape(-1, position_ids.shape[-1])
-        B = (input_ids if input_ids is not None else inputs_embeds).shape[0]
-        P = checks.check_past_key_values(config, past_key_values, B)
-        checks.check_model_inputs(
-            config,
-            input_ids=None if input_ids is None else _min_max(input_ids),
-            input_shape=None if input_ids is None else tuple(input_ids.shape),
-            inputs_embeds_shape=None if inputs_embeds is None else tuple(inputs_embeds.shape),
-            attention_mask_shape=None if attention_mask is None else tuple(attention_mask.shape),
-            position_ids=None if position_ids is None else _min_max(position_ids),
-            position_ids_shape=None if position_ids is None else tuple(position_ids.shape),
-            token_type_ids_shape=None if token_type_ids is None else tuple(token_type_ids.shape),
-            past_length=P,
-        )
+        shape = (input_ids if input_ids is not None else inputs_embeds).shape
+        B, T = shape[0], shape[1] if len(shape) > 1 else 0  # a 1-d input gets its error from the checks
+        preallocated = isinstance(past_key_values, KVCache)
+        if _check_inputs:
+            _check_forward_inputs(
+                config, past_key_values, B, T, input_ids, inputs_embeds, attention_mask, position_ids, token_type_ids
+            )
         if inputs_embeds is None:
             inputs_embeds = self.wte(input_ids)  # (B, T, C)
-        T = inputs_embeds.shape[1]
-        S = P + T
         device = inputs_embeds.device
+
+        # One attention path: with a past or use_cache, every layer attends over a preallocated KVCache. A legacy
+        # tuple converts at the edge (as transformers' DynamicCache.from_legacy_cache) and converts back below.
+        legacy_length = None
+        if preallocated:
+            cache = past_key_values
+        elif past_key_values is not None:
+            legacy_length = past_key_values[0][0].shape[2] + T
+            cache = KVCache.from_legacy(past_key_values, max_length=legacy_length)
+        elif use_cache:
+            legacy_length = T
+            cache = KVCache.init(config, B, T, dtype=inputs_embeds.dtype, device=device)
+        else:
+            cache = None
+        P = 0 if cache is None else cache.length  # a 0-d tensor with a cache: never read on the host
+        S = T if cache is None else cache.max_length
         if position_ids is None:
             if attention_mask is not None:
-                position_ids = position_ids_from_attention_mask(attention_mask, T)
+                whole_buffer = cache is not None and attention_mask.shape[-1] == S
+                position_ids = position_ids_from_attention_mask(attention_mask, T, P if whole_buffer else None)
             else:
-                position_ids = torch.arange(P, S, device=device)[None, :]
+                position_ids = (P + torch.arange(T, device=device))[None, :]
         x = inputs_embeds + self.wpe(position_ids)
         if token_type_ids is not None:
             x = x + self.wte(token_type_ids)
-        x = self.drop(x)
+        x = _dropout(self.drop, x, deterministic)
 
         # causal[t, s]: key s is not in query t's future; key_ok[b, 0, 0, s]: key s is not padding
         causal = torch.arange(S, device=device)[None, :] <= (P + torch.arange(T, device=device))[:, None]  # (T, S)
-        key_ok = None if attention_mask is None else (attention_mask != 0)[:, None, None, :]  # (B, 1, 1, S)
+        key_ok = None
+        if attention_mask is not None:
+            # A mask of (B, length + T) covers the filled and new slots; the later ones are hidden by `causal`.
+            key_ok = F.pad(attention_mask != 0, (0, S - attention_mask.shape[-1]), value=True)[:, None, None, :]
         encoder_key_ok = None
         if encoder_hidden_states is not None and encoder_attention_mask is not None:
             encoder_key_ok = (encoder_attention_mask != 0)[:, None, None, :]  # (B, 1, 1, S_enc)
 
-        presents = [] if use_cache else None
+        presents = []
         all_hidden = [x] if output_hidden_states else None
         all_att = [] if output_attentions else None
         all_cross = [] if (output_attentions and encoder_hidden_states is not None) else None
-        for i, block in enumerate(self.h):
-            layer_past = past_key_values[i] if past_key_values is not None else None
-            x, present, att, cross_att = block(x, layer_past, causal, key_ok, encoder_hidden_states, encoder_key_ok)
-            if use_cache:
-                presents.append(present)
+        for block in self.h:
+            x, present, att, cross_att = block(
+                x, cache, causal, key_ok, encoder_hidden_states, encoder_key_ok, deterministic
+            )
+            presents.append(present)
             if output_attentions:
                 all_att.append(att)
                 if all_cross is not None:
@@ -430,13 +468,68 @@ class GPT2Model(GPT2PreTrainedModel):
             x = x.reshape(*lead_shape, *x.shape[-2:])
             if output_hidden_states:
                 all_hidden[-1] = x
-        return BaseModelOutputWithPastAndCrossAttentions(
+        new_cache = None
+        if cache is not None:
+            new_cache = cache.advance([k for k, _ in presents], [v for _, v in presents], T)
+        if preallocated:
+            past_out = new_cache  # a KVCache given is always returned
+        elif use_cache:
+            past_out = new_cache.to_legacy(legacy_length)
+        else:
+            past_out = None
+        out = BaseModelOutputWithPastAndCrossAttentions(
             last_hidden_state=x,
-            past_key_values=tuple(presents) if use_cache else None,
+            past_key_values=past_out,
             hidden_states=tuple(all_hidden) if output_hidden_states else None,
             attentions=tuple(all_att) if output_attentions else None,
             cross_attentions=tuple(all_cross) if all_cross is not None else None,
         )
+        return out if _use_return_dict(config, return_dict) else out.to_tuple()
+
+
+def _check_forward_inputs(
+    config: GPT2Config,
+    past_key_values: Any,
+    B: int,
+    T: int,
+    input_ids: torch.Tensor | None,
+    inputs_embeds: torch.Tensor | None,
+    attention_mask: torch.Tensor | None,
+    position_ids: torch.Tensor | None,
+    token_type_ids: torch.Tensor | None,
+) -> None:
+    """gpt2_core.checks on a forward's inputs (reads the id range and a KVCache's length on the host)."""
+    cache_max_length = None
+    if isinstance(past_key_values, KVCache):
+        shapes = [(tuple(k.shape), tuple(v.shape)) for k, v in zip(past_key_values.key, past_key_values.value)]
+        P = checks.check_cache(config, shapes, B, T, length=int(past_key_values.length), preallocated=True)
+        cache_max_length = past_key_values.max_length
+    else:
+        P = checks.check_past_key_values(config, past_key_values, B, T)
+    checks.check_model_inputs(
+        config,
+        input_ids=None if input_ids is None else _min_max(input_ids),
+        input_shape=None if input_ids is None else tuple(input_ids.shape),
+        inputs_embeds_shape=None if inputs_embeds is None else tuple(inputs_embeds.shape),
+        attention_mask_shape=None if attention_mask is None else tuple(attention_mask.shape),
+        position_ids=None if position_ids is None else _min_max(position_ids),
+        position_ids_shape=None if position_ids is None else tuple(position_ids.shape),
+        token_type_ids_shape=None if token_type_ids is None else tuple(token_type_ids.shape),
+        past_length=P,
+        cache_max_length=cache_max_length,
+    )
+
+
+def _use_return_dict(config: GPT2Config, return_dict: bool | None) -> bool:
+    """transformers' rule: `return_dict=None` follows `config.use_return_dict` (True when the config has none)."""
+    if return_dict is not None:
+        return bool(return_dict)
+    return bool(getattr(config, "use_return_dict", True))
+
+
+def _skip_init() -> bool:
+    """gpt2_core.reference's skip-init rule (or a build on the meta device, where nothing can be drawn)."""
+    return reference.init_skipped() or _on_meta()
 
 
 def _on_meta() -> bool:
@@ -464,13 +557,13 @@ class GPT2LMHeadModel(GPT2PreTrainedModel):
         self.transformer = GPT2Model(config)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.tie_weights()
-        if not _on_meta():
+        if not _skip_init():
             self.init_weights()
 
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
-        past_key_values: tuple[tuple[torch.Tensor, torch.Tensor], ...] | None = None,
+        past_key_values: tuple[tuple[torch.Tensor, torch.Tensor], ...] | KVCache | None = None,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
@@ -481,8 +574,8 @@ class GPT2LMHeadModel(GPT2PreTrainedModel):
         use_cache: bool | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
-        return_dict: bool = True,
-    ) -> CausalLMOutputWithCrossAttentions:
+        return_dict: bool | None = None,
+    ) -> CausalLMOutputWithCrossAttentions | tuple:
         out = self.transformer(
             input_ids,
             past_key_values=past_key_values,
@@ -495,12 +588,13 @@ class GPT2LMHeadModel(GPT2PreTrainedModel):
             use_cache=use_cache,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
+            return_dict=True,
         )
         logits = self.lm_head(out.last_hidden_state)  # (B, T, V)
         loss = None
         if labels is not None:
             loss = lm_loss(logits, labels)
-        return CausalLMOutputWithCrossAttentions(
+        result = CausalLMOutputWithCrossAttentions(
             loss=loss,
             logits=logits,
             past_key_values=out.past_key_values,
@@ -508,6 +602,26 @@ class GPT2LMHeadModel(GPT2PreTrainedModel):
             attentions=out.attentions,
             cross_attentions=out.cross_attentions,
         )
+        return result if _use_return_dict(self.config, return_dict) else result.to_tuple()
+
+    def _decode_step(
+        self, input_ids: torch.Tensor, cache: KVCache, attention_mask: torch.Tensor, *, check_inputs: bool = False
+    ) -> tuple[torch.Tensor, KVCache]:
+        """gpt2_torch.generation's step: (B, T) ids through `cache` -> logits of the last position (B, V), new cache.
+
+        Dropout is off (whatever the module's mode) and, unless `check_inputs`, the host-reading input checks are
+        skipped, so a decode step never waits for the device. The mask covers the whole buffer, (B, S_max).
+        """
+        out = self.transformer(
+            input_ids,
+            past_key_values=cache,
+            attention_mask=attention_mask,
+            use_cache=True,
+            return_dict=True,
+            deterministic=True,
+            _check_inputs=check_inputs,
+        )
+        return self.lm_head(out.last_hidden_state[:, -1]), out.past_key_values  # the head on the last position only
 
     def generate(self, input_ids: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         """Cached decoding; see `gpt2_torch.generation.generate` for the arguments."""
@@ -569,19 +683,21 @@ class GPT2DoubleHeadsModel(GPT2PreTrainedModel):
     head = "double"
 
     def __init__(self, config: GPT2Config) -> None:
-        config.num_labels = 1
+        if isinstance(config, GPT2Config):
+            config = config.copy()  # the caller's config keeps its num_labels
+            config.num_labels = 1
         super().__init__(config)
         self.transformer = GPT2Model(config)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.tie_weights()
         self.multiple_choice_head = GPT2SequenceSummary(config)
-        if not _on_meta():
+        if not _skip_init():
             self.init_weights()
 
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
-        past_key_values: tuple[tuple[torch.Tensor, torch.Tensor], ...] | None = None,
+        past_key_values: tuple[tuple[torch.Tensor, torch.Tensor], ...] | KVCache | None = None,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
@@ -592,8 +708,8 @@ class GPT2DoubleHeadsModel(GPT2PreTrainedModel):
         use_cache: bool | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
-        return_dict: bool = True,
-    ) -> GPT2DoubleHeadsModelOutput:
+        return_dict: bool | None = None,
+    ) -> GPT2DoubleHeadsModelOutput | tuple:
         out = self.transformer(
             input_ids,
             past_key_values=past_key_values,
@@ -604,6 +720,7 @@ class GPT2DoubleHeadsModel(GPT2PreTrainedModel):
             use_cache=use_cache,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
+            return_dict=True,
         )
         hidden = out.last_hidden_state  # (B, choices, T, C)
         logits = self.lm_head(hidden)
@@ -614,7 +731,7 @@ class GPT2DoubleHeadsModel(GPT2PreTrainedModel):
         loss = None
         if labels is not None:
             loss = lm_loss(logits, labels)
-        return GPT2DoubleHeadsModelOutput(
+        result = GPT2DoubleHeadsModelOutput(
             loss=loss,
             mc_loss=mc_loss,
             logits=logits,
@@ -623,6 +740,7 @@ class GPT2DoubleHeadsModel(GPT2PreTrainedModel):
             hidden_states=out.hidden_states,
             attentions=out.attentions,
         )
+        return result if _use_return_dict(self.config, return_dict) else result.to_tuple()
 
 
 class GPT2ForSequenceClassification(GPT2PreTrainedModel):
@@ -639,13 +757,13 @@ class GPT2ForSequenceClassification(GPT2PreTrainedModel):
         self.num_labels = config.num_labels
         self.transformer = GPT2Model(config)
         self.score = nn.Linear(config.n_embd, config.num_labels, bias=False)
-        if not _on_meta():
+        if not _skip_init():
             self.init_weights()
 
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
-        past_key_values: tuple[tuple[torch.Tensor, torch.Tensor], ...] | None = None,
+        past_key_values: tuple[tuple[torch.Tensor, torch.Tensor], ...] | KVCache | None = None,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
@@ -654,8 +772,8 @@ class GPT2ForSequenceClassification(GPT2PreTrainedModel):
         use_cache: bool | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
-        return_dict: bool = True,
-    ) -> SequenceClassifierOutputWithPast:
+        return_dict: bool | None = None,
+    ) -> SequenceClassifierOutputWithPast | tuple:
         out = self.transformer(
             input_ids,
             past_key_values=past_key_values,
@@ -666,19 +784,14 @@ class GPT2ForSequenceClassification(GPT2PreTrainedModel):
             use_cache=use_cache,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
+            return_dict=True,
         )
         logits = self.score(out.last_hidden_state)  # (B, T, L)
         B, T = logits.shape[:2]
-        if self.config.pad_token_id is None and B != 1:
-            raise ValueError(
-                f"Cannot pick each row's last token without a padding token. Received: batch size {B}, "
-                "config.pad_token_id=None. Set config.pad_token_id (e.g. to the tokenizer's pad/eos id)."
-            )
-        if self.config.pad_token_id is None or input_ids is None:
-            last = torch.full((B,), T - 1, dtype=torch.long, device=logits.device)
-        else:
-            non_pad = (input_ids != self.config.pad_token_id).to(torch.long)
-            last = (torch.arange(T, device=logits.device) * non_pad).argmax(-1)
+        checks.check_sequence_classification_batch(self.config, B)
+        last = last_non_pad_index(input_ids, self.config.pad_token_id, T)  # (B,) or -1
+        if isinstance(last, torch.Tensor):
+            last = last.to(logits.device)
         pooled = logits[torch.arange(B, device=logits.device), last]  # (B, L)
         loss = None
         if labels is not None:
@@ -692,13 +805,14 @@ class GPT2ForSequenceClassification(GPT2PreTrainedModel):
                 loss = F.cross_entropy(pooled.reshape(-1, self.num_labels).float(), labels.reshape(-1))
             else:
                 loss = F.binary_cross_entropy_with_logits(pooled.float(), labels.float())
-        return SequenceClassifierOutputWithPast(
+        result = SequenceClassifierOutputWithPast(
             loss=loss,
             logits=pooled,
             past_key_values=out.past_key_values,
             hidden_states=out.hidden_states,
             attentions=out.attentions,
         )
+        return result if _use_return_dict(self.config, return_dict) else result.to_tuple()
 
 
 def _np_dtype(t: torch.Tensor) -> Any:
@@ -721,13 +835,13 @@ class GPT2ForTokenClassification(GPT2PreTrainedModel):
         p = config.classifier_dropout if config.classifier_dropout is not None else 0.1
         self.dropout = nn.Dropout(p)
         self.classifier = nn.Linear(config.n_embd, config.num_labels)
-        if not _on_meta():
+        if not _skip_init():
             self.init_weights()
 
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
-        past_key_values: tuple[tuple[torch.Tensor, torch.Tensor], ...] | None = None,
+        past_key_values: tuple[tuple[torch.Tensor, torch.Tensor], ...] | KVCache | None = None,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
@@ -736,8 +850,8 @@ class GPT2ForTokenClassification(GPT2PreTrainedModel):
         use_cache: bool | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
-        return_dict: bool = True,
-    ) -> TokenClassifierOutput:
+        return_dict: bool | None = None,
+    ) -> TokenClassifierOutput | tuple:
         out = self.transformer(
             input_ids,
             past_key_values=past_key_values,
@@ -748,6 +862,7 @@ class GPT2ForTokenClassification(GPT2PreTrainedModel):
             use_cache=use_cache,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
+            return_dict=True,
         )
         logits = self.classifier(self.dropout(out.last_hidden_state))  # (B, T, L)
         loss = None
@@ -755,9 +870,10 @@ class GPT2ForTokenClassification(GPT2PreTrainedModel):
             loss = F.cross_entropy(
                 logits.reshape(-1, self.num_labels).float(), labels.reshape(-1), ignore_index=reference.IGNORE_INDEX
             )
-        return TokenClassifierOutput(
+        result = TokenClassifierOutput(
             loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions
         )
+        return result if _use_return_dict(self.config, return_dict) else result.to_tuple()
 
 
 class GPT2ForQuestionAnswering(GPT2PreTrainedModel):
@@ -773,7 +889,7 @@ class GPT2ForQuestionAnswering(GPT2PreTrainedModel):
         super().__init__(config)
         self.transformer = GPT2Model(config)
         self.qa_outputs = nn.Linear(config.n_embd, 2)
-        if not _on_meta():
+        if not _skip_init():
             self.init_weights()
 
     def forward(
@@ -787,8 +903,8 @@ class GPT2ForQuestionAnswering(GPT2PreTrainedModel):
         end_positions: torch.Tensor | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
-        return_dict: bool = True,
-    ) -> QuestionAnsweringModelOutput:
+        return_dict: bool | None = None,
+    ) -> QuestionAnsweringModelOutput | tuple:
         out = self.transformer(
             input_ids,
             attention_mask=attention_mask,
@@ -798,6 +914,7 @@ class GPT2ForQuestionAnswering(GPT2PreTrainedModel):
             use_cache=False,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
+            return_dict=True,
         )
         logits = self.qa_outputs(out.last_hidden_state)  # (B, T, 2)
         start_logits, end_logits = logits[..., 0], logits[..., 1]
@@ -809,13 +926,14 @@ class GPT2ForQuestionAnswering(GPT2PreTrainedModel):
             start_loss = F.cross_entropy(start_logits.float(), start_positions, ignore_index=ignored)
             end_loss = F.cross_entropy(end_logits.float(), end_positions, ignore_index=ignored)
             loss = (start_loss + end_loss) / 2
-        return QuestionAnsweringModelOutput(
+        result = QuestionAnsweringModelOutput(
             loss=loss,
             start_logits=start_logits,
             end_logits=end_logits,
             hidden_states=out.hidden_states,
             attentions=out.attentions,
         )
+        return result if _use_return_dict(self.config, return_dict) else result.to_tuple()
 
 
 MODEL_CLASSES = {

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from conftest import REPO, TOL, make_config, padded_batch, shared_dir  # noqa: E402
+from conftest import REPO, TOL, make_config, padded_batch, corpus_dir  # noqa: E402
 from gpt2_core import generation as core_generation  # noqa: E402
 from gpt2_core import reference  # noqa: E402
 from gpt2_flax import FlaxGPT2LMHeadModel, KVCache, default_rngs  # noqa: E402
@@ -60,9 +60,10 @@ def test_jit_greedy_generation_equals_torch():
 
 
 def test_generation_compiles_once_per_bucket():
-    config = make_config("default")
+    # n_positions=64 leaves room for gpt2_core.generation's buckets (16 + 16 slots, then 16 + 32).
+    config = make_config("default", n_positions=64)
     model = flax_lm(config, seed=22)
-    ids, mask = padded_batch(config, "left")  # T = 7: bucket 8
+    ids, mask = padded_batch(config, "left")  # T = 7: bucket 16
     model.generate(ids, attention_mask=mask, max_new_tokens=5, eos_token_id=[])
     before = generation.trace_count()
     # Another prompt length and another number of new tokens in the same buckets, and other weights.
@@ -71,8 +72,31 @@ def test_generation_compiles_once_per_bucket():
     out = other.generate(ids, attention_mask=mask, max_new_tokens=3, eos_token_id=[])
     assert generation.trace_count() == before
     assert out.shape == (3, ids.shape[1] + 3)
-    model.generate(ids, attention_mask=mask, max_new_tokens=9, eos_token_id=[])  # bucket 16: a new program
+    model.generate(ids, attention_mask=mask, max_new_tokens=17, eos_token_id=[])  # bucket 32: a new program
     assert generation.trace_count() == before + 1
+
+
+def test_generation_follows_the_core_plan():
+    """The compiled program sees the plan's shapes: ids (B, Tb) and a whole-buffer mask (B, Tb + Nb)."""
+    config = make_config("default", n_positions=64)
+    model = flax_lm(config, seed=22)
+    ids, mask = padded_batch(config, "left")
+    plan = core_generation.plan_decoding(config, *ids.shape, 5)
+    seen = {}
+    original = generation._generate
+
+    def spy(structure, state, input_ids, attention_mask, *args, **kwargs):
+        seen.update(ids=input_ids.shape, mask=attention_mask.shape, new_bucket=kwargs["new_bucket"])
+        return original(structure, state, input_ids, attention_mask, *args, **kwargs)
+
+    generation._generate = spy
+    try:
+        out = model.generate(ids, attention_mask=mask, max_new_tokens=5, eos_token_id=[])
+    finally:
+        generation._generate = original
+    B = ids.shape[0]
+    assert seen == dict(ids=(B, plan.prompt_bucket), mask=(B, plan.cache_length), new_bucket=plan.new_bucket)
+    assert out.shape == (B, ids.shape[1] + 5)
 
 
 def test_sampling_reproducible_and_consistent_with_greedy():
@@ -125,6 +149,206 @@ def test_kv_cache_matches_uncached_forward():
         logits.append(np.asarray(out.logits))
     assert int(cache.length) == T + 3 and cache.key[0].shape == (B, config.n_head, S_max, config.head_dim)
     assert np.abs(np.concatenate(logits, 1) - expected).max() <= TOL
+
+
+def random_legacy(config, B: int, P: int, seed: int = 0) -> tuple:
+    r = np.random.default_rng(seed)
+    shape = (B, config.n_head, P, config.head_dim)
+    return tuple(
+        (jnp.asarray(r.standard_normal(shape), jnp.float32), jnp.asarray(r.standard_normal(shape), jnp.float32))
+        for _ in range(config.n_layer)
+    )
+
+
+def test_kv_cache_round_trips_and_is_functional():
+    config = make_config("default")
+    past = random_legacy(config, 2, 5)
+    cache = KVCache.from_legacy(past, max_length=9)
+    assert len(cache) == config.n_layer and cache.max_length == 9 and int(cache.length) == 5
+    assert cache.key[0].shape == (2, config.n_head, 9, config.head_dim)
+    assert not np.asarray(cache.value[1][:, :, 5:]).any()  # the free slots are zeros
+    back = cache.to_legacy()
+    for (k, v), (k2, v2) in zip(past, back):
+        np.testing.assert_array_equal(k2, k)
+        np.testing.assert_array_equal(v2, v)
+    assert int(KVCache.from_legacy(past).length) == 5 and KVCache.from_legacy(past).max_length == 5
+    # update writes at `length` and returns new buffers; advance makes a new cache; the old one is unchanged
+    new = jnp.ones((2, config.n_head, 2, config.head_dim))
+    written = [cache.update(i, new, -new) for i in range(config.n_layer)]
+    advanced = cache.advance([k for k, _ in written], [v for _, v in written], 2)
+    assert int(advanced.length) == 7 and int(cache.length) == 5
+    assert not np.asarray(cache.key[0][:, :, 5:]).any()
+    legacy = advanced.to_legacy()
+    np.testing.assert_array_equal(legacy[1][0][:, :, :5], past[1][0])
+    np.testing.assert_array_equal(legacy[1][0][:, :, 5:], new)
+    np.testing.assert_array_equal(legacy[0][1][:, :, 5:], -new)
+    k, v = advanced[1]
+    assert k is advanced.key[1] and v is advanced.value[1]
+    # an empty cache, and a pytree that crosses jit (the length stays an int32 scalar)
+    empty = KVCache.init(config, 2, 4)
+    assert int(empty.length) == 0 and empty.to_legacy()[0][0].shape == (2, config.n_head, 0, config.head_dim)
+    through = jax.jit(lambda c: c.advance(c.key, c.value, 1))(empty)
+    assert isinstance(through, KVCache) and through.length.dtype == jnp.int32 and int(through.length) == 1
+    with pytest.raises(ValueError, match="max_length must hold the past"):
+        KVCache.from_legacy(past, max_length=4)
+    with pytest.raises(ValueError, match="traced"):
+        jax.jit(lambda c: c.to_legacy())(cache)
+
+
+def test_kv_cache_is_importable_from_the_model_module():
+    from gpt2_flax import cache, model
+
+    assert model.KVCache is cache.KVCache is KVCache
+
+
+CACHED_HEADS = ["base", "lm", "double", "seqcls", "tokcls"]  # qa takes no cache, as in transformers
+
+
+def _head_call(model, head, ids, mask, **kwargs):
+    """The head's main output for (B, T) ids; the double head sees the rows as the choices of one example."""
+    if head == "double":
+        out = model(ids[None], attention_mask=mask[None], **kwargs)
+        return out, np.concatenate([np.asarray(out.logits[0]).reshape(ids.shape[0], -1), np.asarray(out.mc_logits).T], 1)
+    out = model(ids, attention_mask=mask, **kwargs)
+    main = out.last_hidden_state if head == "base" else out.logits
+    return out, np.asarray(main).reshape(ids.shape[0], -1)
+
+
+@pytest.mark.parametrize("kind", ["legacy", "kvcache", "kvcache_buffer_mask"])
+@pytest.mark.parametrize("head", CACHED_HEADS)
+def test_cached_equals_uncached_every_head(head, kind):
+    """Left-padded prompt, then one token at a time through a legacy tuple or a KVCache (mask covering length + T,
+    or the whole buffer): each step gives the uncached output of the prefix, for every head with a cache."""
+    config = make_config("mistral", num_labels=3)
+    model = MODEL_CLASSES[head](config.copy())
+    model.load_canonical(reference.random_params(config, head, seed=31))
+    ids, mask = padded_batch(config, "left")
+    B, T = ids.shape
+    n, S_max = 3, 14
+    extra = np.random.default_rng(2).integers(1, config.vocab_size - 1, (B, n))
+    full_ids = np.concatenate([ids, extra], 1)
+    full_mask = np.concatenate([mask, np.ones((B, S_max - T), mask.dtype)], 1)
+    # one step's (B, T) mask and cache -> its output and the next cache, through the head (tokcls returns no cache:
+    # the base transformer carries it)
+    cache = None if kind == "legacy" else KVCache.init(config, 3, S_max)
+    worst = 0.0
+    for t in range(n + 1):
+        lo, hi = (0, T) if t == 0 else (T + t - 1, T + t)
+        step_mask = full_mask if kind == "kvcache_buffer_mask" else full_mask[:, :hi]
+        kw = dict(past_key_values=cache, use_cache=True)
+        out, got = _head_call(model, head, full_ids[:, lo:hi], step_mask, **kw)
+        _, expected = _head_call(model, head, full_ids[:, :hi], full_mask[:, :hi], use_cache=False)
+        if head == "double":  # the step's positions of the LM logits, and the pooled choice logits
+            V = config.vocab_size
+            per_token = expected[:, : hi * V].reshape(B, hi, V)[:, lo:hi].reshape(B, -1)
+            expected = np.concatenate([per_token, expected[:, hi * V :]], 1)
+        elif head != "seqcls":  # seqcls pools one row per sequence either way
+            expected = expected.reshape(B, hi, -1)[:, lo:hi].reshape(B, -1)
+        worst = max(worst, float(np.abs(got - expected).max()))
+        if head == "tokcls":
+            cache = model.transformer(full_ids[:, lo:hi], attention_mask=step_mask, **kw).past_key_values
+        else:
+            cache = out.past_key_values
+        assert isinstance(cache, KVCache) == (kind != "legacy")
+    assert worst <= TOL, worst
+    legacy = cache if kind == "legacy" else cache.to_legacy()
+    assert legacy[0][0].shape == (B, config.n_head, T + n, config.head_dim)
+
+
+def test_kv_cache_returned_even_with_use_cache_false():
+    config = make_config("default", use_cache=False)
+    model = flax_lm(config, seed=32)
+    ids = np.arange(1, 6)[None]
+    assert model(ids).past_key_values is None
+    out = model(ids, past_key_values=KVCache.init(config, 1, 8))
+    assert isinstance(out.past_key_values, KVCache) and int(out.past_key_values.length) == 5
+    out = model(ids[:, :1], past_key_values=out.past_key_values, use_cache=False)  # explicit False: still returned
+    assert isinstance(out.past_key_values, KVCache) and int(out.past_key_values.length) == 6
+    legacy = model(ids, use_cache=True).past_key_values
+    assert isinstance(legacy, tuple) and model(ids[:, :1], past_key_values=legacy).past_key_values is None
+
+
+@pytest.mark.parametrize("kind", ["legacy", "kvcache"])
+def test_cache_check_covers_every_layer(kind):
+    """A wrong head dim in layer 1 (layer 0 fine) is found, in the key and in the value, for both cache kinds."""
+    config = make_config("default")
+    model = flax_lm(config, seed=33)
+    good = random_legacy(config, 1, 4)
+    for name, bad_layer in (("key", (good[1][0][..., :-1], good[1][1])), ("value", (good[1][0], good[1][1][..., :-1]))):
+        past = (good[0], bad_layer)
+        if kind == "kvcache":
+            cache = KVCache.from_legacy(good, max_length=8)
+            past = KVCache(key=(cache.key[0], cache.key[1][..., :-1]) if name == "key" else cache.key,
+                           value=(cache.value[0], cache.value[1][..., :-1]) if name == "value" else cache.value,
+                           length=cache.length)
+        with pytest.raises(ValueError, match=rf"layer 1 {name}\.shape"):
+            model(np.ones((1, 1), np.int32), past_key_values=past)
+
+
+def test_kv_cache_mask_shapes():
+    """With a KVCache the mask covers length + T (known length) or the whole buffer; under jit only the buffer."""
+    config = make_config("default")
+    model = flax_lm(config, seed=34)
+    ids = np.arange(1, 5)[None]
+    cache = model(ids, past_key_values=KVCache.init(config, 1, 10)).past_key_values
+    a = model(ids[:, :1], past_key_values=cache, attention_mask=np.ones((1, 5), np.int32)).logits
+    b = model(ids[:, :1], past_key_values=cache, attention_mask=np.ones((1, 10), np.int32)).logits
+    np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match=r"attention_mask must have shape"):
+        model(ids[:, :1], past_key_values=cache, attention_mask=np.ones((1, 7), np.int32))
+    with pytest.raises(ValueError, match=r"attention_mask must have shape"):  # traced length: the buffer only
+        nnx.jit(lambda m, c, x: m(x, past_key_values=c, attention_mask=jnp.ones((1, 5), jnp.int32)))(model, cache, ids[:, :1])
+    with pytest.raises(ValueError, match=r"The KVCache is full"):
+        model(np.ones((1, 7), np.int32), past_key_values=cache)
+
+
+def test_position_ids_and_last_non_pad_index_mirror_the_reference():
+    from gpt2_flax.model import last_non_pad_index, position_ids_from_attention_mask
+
+    r = np.random.default_rng(3)
+    mask = (r.random((5, 9)) > 0.4).astype(np.int32)
+    mask[0] = 0
+    for T, past in ((3, None), (9, None), (2, 4), (1, 8)):
+        np.testing.assert_array_equal(
+            position_ids_from_attention_mask(jnp.asarray(mask), T, past),
+            reference.position_ids_from_attention_mask(mask, T, past),
+        )
+    ids = r.integers(0, 4, (5, 9))
+    ids[1] = 0
+    np.testing.assert_array_equal(last_non_pad_index(jnp.asarray(ids), 0, 9), reference.last_non_pad_index(ids, 0, 9))
+    assert last_non_pad_index(None, 0, 9) == reference.last_non_pad_index(None, 0, 9) == -1
+
+
+def test_skip_init_is_the_core_rule():
+    config = make_config("default")
+    with reference.skip_init():
+        skipped = FlaxGPT2LMHeadModel(config.copy())
+    assert not np.abs(skipped.canonical_state_dict()["h.0.attn.c_attn.weight"]).any()
+    assert np.abs(FlaxGPT2LMHeadModel(config.copy()).canonical_state_dict()["h.0.attn.c_attn.weight"]).any()
+
+
+def test_double_heads_does_not_change_the_callers_config():
+    config = make_config("default", num_labels=3)
+    model = MODEL_CLASSES["double"](config)
+    assert config.num_labels == 3 and model.config.num_labels == 1
+
+
+@pytest.mark.parametrize("head", ["base", "lm", "double", "seqcls", "tokcls", "qa"])
+def test_return_dict_false_gives_transformers_tuple(head):
+    config = make_config("default", num_labels=3)
+    model = MODEL_CLASSES[head](config.copy())
+    batch = dict(head_batch(head, config))
+    if head == "base":
+        batch.pop("labels", None)
+    out = model(**batch)
+    tup = model(**batch, return_dict=False)
+    assert isinstance(tup, tuple) and len(tup) == len(out.to_tuple())
+    assert type(model(**batch, return_dict=None)) is type(out) is type(model(**batch, return_dict=True))
+    for got, want in zip(jax.tree.leaves(tup), jax.tree.leaves(out.to_tuple())):
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(tup[0], out.last_hidden_state if head == "base" else out.loss)
+    traced = nnx.jit(lambda m, b: m(**b, return_dict=False))(model, batch)
+    assert isinstance(traced, tuple) and len(traced) == len(tup)
 
 
 # -- modes, jit, outputs ----------------------------------------------------------------------------------------
@@ -224,7 +448,9 @@ def head_batch(head: str, config, seed: int = 0) -> dict:
 
 @pytest.mark.parametrize("head", ["lm", "double", "seqcls", "tokcls", "qa"])
 def test_train_step_fits_a_batch(head):
-    config = make_config("default", num_labels=3)
+    # dropout off: the test asks whether the optimizer fits a batch, not how noisy 20 dropout draws are
+    config = make_config("default", num_labels=3, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                         summary_first_dropout=0.0)
     model = MODEL_CLASSES[head](config.copy(), rngs=default_rngs(1))
     optimizer = make_optimizer(model, learning_rate=5e-3, warmup_steps=2, total_steps=40)
     batch = head_batch(head, config)
@@ -284,7 +510,7 @@ def test_training_on_shakespeare_lowers_the_loss():
     """A few hundred AdamW steps of a tiny model on real text (GPT-2 tokenizer; ids remapped to the ones used)."""
     from gpt2_core import GPT2Tokenizer
 
-    text = (shared_dir() / "corpus" / "shakespeare" / "othello.txt").read_text(encoding="utf-8")[:60_000]
+    text = (corpus_dir() / "othello.txt").read_text(encoding="utf-8")[:60_000]
     ids = np.asarray(GPT2Tokenizer().encode(text))
     used, dense = np.unique(ids, return_inverse=True)  # a small vocabulary keeps the test fast
     config = make_config(

@@ -1,6 +1,8 @@
-"""gpt2_tf-specific tests: XLA generation against gpt2_torch, no retracing within a bucket, Keras compile/fit, XLA
-forward, SavedModel (with the in-graph tokenizer) in a fresh process, TFGPT2Tokenizer against gpt2_core's tokenizer,
-transformers 4.x tf_model.h5 files, and the same ValueErrors as torch.
+"""gpt2_tf-specific tests: XLA generation against gpt2_torch, no retracing within a bucket, the KVCache (round trips,
+in a compiled loop, cached == uncached for every head via a legacy tuple and via a KVCache, every layer checked),
+the heads (multiple-choice loss ignores -100, return_dict=False, config not mutated, skip-init), Keras compile/fit,
+XLA forward, SavedModel (with the in-graph tokenizer) in a fresh process, TFGPT2Tokenizer against gpt2_core's
+tokenizer, transformers 4.x tf_model.h5 files, and the same ValueErrors as torch.
 
 The shared behaviour (every head and config against gpt2_core.reference, cached decoding, checkpoints across
 backends) is in test_equivalence.py.
@@ -17,7 +19,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from conftest import TOL, make_config, padded_batch, shared_dir
+from conftest import TOL, corpus_dir, make_config, padded_batch, whole_corpus_dir
 from gpt2_core import reference
 from gpt2_core.config import GPT2Config
 from gpt2_core.generation import make_generation_config, process_logits as core_process_logits, reference_greedy
@@ -25,6 +27,7 @@ from gpt2_core.generation import make_generation_config, process_logits as core_
 import tensorflow as tf
 import backend_tf  # noqa: E402  (disables TF32)
 from gpt2_tf import generation  # noqa: E402
+from gpt2_tf.cache import KVCache  # noqa: E402
 from gpt2_tf.model import MODEL_CLASSES, TFGPT2LMHeadModel  # noqa: E402
 
 import keras
@@ -33,8 +36,9 @@ import keras
 @pytest.fixture(scope="module")
 def lm():
     """(config, params, model), shared so the generate tests reuse one compiled function (XLA compiles take
-    seconds on CPU). Mistral flags on: both attention-scale rules are exercised."""
-    config = make_config("mistral")
+    seconds on CPU). Mistral flags on: both attention-scale rules are exercised. n_positions=64 leaves room for the
+    buckets (gpt2_core.generation.plan_decoding falls back to exact sizes where 16 + 16 slots exceed n_positions)."""
+    config = make_config("mistral", n_positions=64)
     params = reference.random_params(config, "lm", seed=8)
     return config, params, backend_tf.build("lm", config, params)
 
@@ -104,6 +108,209 @@ def test_process_logits_matches_core(top_k, top_p):
     kept = exp > np.finfo(np.float64).min
     np.testing.assert_array_equal(got > np.finfo(np.float32).min, kept)
     np.testing.assert_allclose(got[kept], exp[kept], atol=1e-5)
+
+
+# -- the KV cache -----------------------------------------------------------------------------------------------------
+
+
+def test_kv_cache_round_trips():
+    """init / from_legacy / to_legacy / update / advance; functional: an older cache keeps its values."""
+    config = make_config("default")
+    empty = KVCache.init(config, 2, 9)
+    assert len(empty) == config.n_layer and empty.max_length == 9 and int(empty.length) == 0
+    assert empty[1][0].shape == (2, config.n_head, 9, config.head_dim) and empty.to_legacy()[0][0].shape[2] == 0
+    rng = np.random.default_rng(0)
+    legacy = tuple(
+        tuple(tf.constant(rng.normal(size=(2, config.n_head, 5, config.head_dim)), tf.float32) for _ in "kv")
+        for _ in range(config.n_layer)
+    )
+    cache = KVCache.from_legacy(legacy, max_length=9)
+    assert cache.max_length == 9 and int(cache.length) == 5
+    for (k, v), (k2, v2) in zip(legacy, cache.to_legacy()):
+        np.testing.assert_array_equal(k2, k)
+        np.testing.assert_array_equal(v2, v)
+    assert KVCache.from_legacy(legacy).max_length == 5  # default: exactly the past
+    new = tf.ones((2, config.n_head, 3, config.head_dim))
+    written = [cache.update(i, new, 2 * new) for i in range(len(cache))]
+    after = cache.advance([k for k, _ in written], [v for _, v in written], 3)
+    assert int(after.length) == 8 and int(cache.length) == 5
+    np.testing.assert_array_equal(after.to_legacy()[1][0][:, :, :5], legacy[1][0])
+    np.testing.assert_array_equal(after.to_legacy()[1][1][:, :, 5:], 2 * new)
+    np.testing.assert_array_equal(cache.key[1][:, :, 5:], 0)  # the older cache is unchanged
+
+
+def test_kv_cache_in_a_compiled_loop():
+    """A KVCache is a tf.function argument (a new length does not retrace) and a tf.while_loop variable."""
+    config = make_config("default")
+    shape = (1, config.n_head, 1, config.head_dim)
+
+    @tf.function(jit_compile=True)
+    def fill(cache, steps):
+        def body(i, cache):
+            written = [cache.update(layer, tf.fill(shape, tf.cast(i + 1, tf.float32)), -tf.ones(shape))
+                       for layer in range(len(cache))]
+            return i + 1, cache.advance([k for k, _ in written], [v for _, v in written], 1)
+
+        return tf.while_loop(lambda i, _: i < steps, body, (tf.constant(0), cache))[1]
+
+    out = fill(KVCache.init(config, 1, 8), tf.constant(3))
+    out = fill(out, tf.constant(2))
+    assert int(out.length) == 5 and fill.experimental_get_tracing_count() == 1
+    np.testing.assert_array_equal(out.key[1][0, 0, :, 0], [1, 2, 3, 1, 2, 0, 0, 0])
+
+
+def _head_inputs(head, config):
+    """Left-padded inputs of `head` (double: two examples of three choices), and its per-token output fields."""
+    ids, mask = padded_batch(config, "left")
+    if head == "double":
+        ids, mask = np.stack([ids, ids[::-1]]), np.stack([mask, mask[::-1]])
+    return ids, mask
+
+
+def _chunk(head, model, ids, mask, past, **kw):
+    extra = {"mc_token_ids": np.full(ids.shape[:-1], ids.shape[-1] - 1)} if head == "double" else {}
+    return model(input_ids=ids, attention_mask=mask, past_key_values=past, **extra, **kw)
+
+
+def _per_token(head, out):
+    # base/lm/tokcls: (..., T, X) to concatenate over chunks; seqcls/double also pool the last (non-pad) token
+    fields = {"base": ["last_hidden_state"], "lm": ["logits"], "tokcls": ["logits"], "double": ["logits"]}
+    return [np.asarray(out[f]) for f in fields.get(head, [])]
+
+
+@pytest.mark.parametrize("head", ["base", "lm", "double", "seqcls", "tokcls"])
+@pytest.mark.parametrize("kind", ["legacy", "kv_cache"])
+def test_cached_equals_uncached_every_head(head, kind):
+    """Prompt then the rest through the cache equals one uncached pass, left-padded, for every head with a cache:
+    via transformers' tuple (returned as a tuple) and via a KVCache (returned as a KVCache)."""
+    config = make_config("default")
+    params = reference.random_params(config, head, seed=31)
+    model = backend_tf.build(head, config, params)
+    ids, mask = _head_inputs(head, config)
+    T, P = ids.shape[-1], 4
+    full = _chunk(head, model, ids, mask, None, use_cache=False)
+    B = int(np.prod(ids.shape[:-1]))
+    past = None if kind == "legacy" else KVCache.init(config, B, T + 3)  # spare slots
+    first = _chunk(head, model, ids[..., :P], mask[..., :P], past, use_cache=True)
+    if head == "tokcls":  # as in transformers, the token classifier takes a cache but returns none
+        first_body = model.transformer(input_ids=ids[..., :P], attention_mask=mask[..., :P], past_key_values=past)
+        cached = first_body.past_key_values
+    else:
+        assert full.past_key_values is None
+        cached = first.past_key_values
+    if kind == "legacy":
+        assert isinstance(cached, tuple) and cached[0][0].shape == (B, config.n_head, P, config.head_dim)
+        rest_mask = mask
+    else:
+        assert isinstance(cached, KVCache) and int(cached.length) == P
+        # the whole-buffer form of the mask: the spare slots after the tokens are hidden causally
+        rest_mask = np.concatenate([mask, np.ones((*mask.shape[:-1], 3), mask.dtype)], -1)
+    second = _chunk(head, model, ids[..., P:], rest_mask, cached, use_cache=kind == "legacy")
+    if head == "tokcls":
+        second = {"logits": second.logits, "past_key_values": model.transformer(
+            input_ids=ids[..., P:], attention_mask=rest_mask, past_key_values=cached, use_cache=kind == "legacy"
+        ).past_key_values}
+    if kind == "legacy":
+        assert isinstance(second["past_key_values"], tuple) and second["past_key_values"][0][0].shape[2] == T
+    else:  # returned as a KVCache although use_cache=False
+        assert isinstance(second["past_key_values"], KVCache) and int(second["past_key_values"].length) == T
+    for got_a, got_b, exp in zip(_per_token(head, first), _per_token(head, second), _per_token(head, full)):
+        got = np.concatenate([got_a, got_b], axis=-2)
+        assert np.max(np.abs(got - exp)) <= TOL
+    if head in ("seqcls", "double"):  # pooled at the last token: the second chunk ends where the full input does
+        field = "logits" if head == "seqcls" else "mc_logits"
+        assert np.max(np.abs(np.asarray(second[field]) - np.asarray(full[field]))) <= TOL
+    # the cache holds the same keys and values as an uncached pass over all tokens
+    body = model if head == "base" else model.transformer
+    whole = body(input_ids=ids, attention_mask=mask, use_cache=True).past_key_values
+    final = second["past_key_values"] if kind == "legacy" else second["past_key_values"].to_legacy()
+    for (k, v), (k2, v2) in zip(whole, final):
+        assert np.max(np.abs(np.asarray(k) - np.asarray(k2))) <= TOL
+        assert np.max(np.abs(np.asarray(v) - np.asarray(v2))) <= TOL
+
+
+def test_cache_checked_in_every_layer():
+    config = make_config("default")
+    model = backend_tf.build("lm", config, reference.random_params(config, "lm", seed=32))
+    ids = np.ones((1, 3), np.int64)
+    past = model(input_ids=ids, use_cache=True).past_key_values
+    bad = list(past)
+    bad[1] = (past[1][0][..., :-1], past[1][1])  # layer 1's key: wrong head dim
+    with pytest.raises(ValueError, match=r"Received: layer 1 key.shape=\(1, 4, 3, 7\)"):
+        model(input_ids=ids, past_key_values=tuple(bad))
+    cache = KVCache.init(config, 1, 8)
+    wrong = KVCache(key=cache.key, value=(cache.value[0], cache.value[1][..., :-1]), length=cache.length)
+    with pytest.raises(ValueError, match=r"Received: layer 1 value.shape=\(1, 4, 8, 7\)"):
+        model(input_ids=ids, past_key_values=wrong)
+    full = KVCache(key=cache.key, value=cache.value, length=tf.constant(6))
+    with pytest.raises(ValueError, match=r"The KVCache is full. Received: length=6 \+ 3 new tokens > max_length=8"):
+        model(input_ids=ids, past_key_values=full)
+    with pytest.raises(TypeError):  # the old internal keyword is gone
+        model(input_ids=ids, past_key_values=cache, cache_index=0)
+
+
+def test_position_ids_follow_the_core():
+    from gpt2_tf.model import position_ids_from_attention_mask
+
+    mask = np.array([[0, 0, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0, 0], [0, 0, 0, 0, 0, 0, 0], [0, 1, 0, 1, 1, 1, 1]])
+    for T, past in [(7, None), (2, None), (3, 2), (1, 6)]:
+        got = position_ids_from_attention_mask(tf.constant(mask), T, past).numpy()
+        np.testing.assert_array_equal(got, reference.position_ids_from_attention_mask(mask, T, past))
+
+
+# -- heads: multiple-choice loss, return_dict, config, skip-init -------------------------------------------------------
+
+
+def test_mc_loss_ignores_minus_100():
+    """As torch (CrossEntropyLoss) and gpt2_core.reference.cross_entropy: mc_labels == -100 do not count."""
+    config = make_config("default")
+    params = reference.random_params(config, "double", seed=33)
+    model = backend_tf.build("double", config, params)
+    ids, mask = _head_inputs("double", config)
+    inputs = dict(input_ids=ids, attention_mask=mask, mc_token_ids=np.full((2, 3), ids.shape[-1] - 1))
+    out = model(**inputs, mc_labels=np.array([2, -100]))
+    h = reference.forward(params, config, ids.reshape(6, -1), attention_mask=mask.reshape(6, -1))["last_hidden_state"]
+    mc_logits = reference.sequence_summary(params, config, h.reshape(2, 3, *h.shape[1:]), inputs["mc_token_ids"])[..., 0]
+    expected = reference.cross_entropy(mc_logits, np.array([2, -100]))
+    assert abs(float(out.mc_loss) - expected) <= TOL
+    assert abs(float(out.mc_loss) - reference.cross_entropy(mc_logits[:1], np.array([2]))) <= TOL
+    assert np.isnan(float(model(**inputs, mc_labels=np.array([-100, -100])).mc_loss))  # 0/0, as torch
+
+
+def test_return_dict_false_gives_the_tuple():
+    config = make_config("default")
+    model = backend_tf.build("lm", config, reference.random_params(config, "lm", seed=34))
+    ids, mask = padded_batch(config, "right")
+    kw = dict(input_ids=ids, attention_mask=mask, labels=ids, use_cache=True)
+    out = model(**kw)
+    assert type(model(**kw, return_dict=None)) is type(out)  # None: the output object, as True
+    tup = model(**kw, return_dict=False)
+    assert isinstance(tup, tuple) and len(tup) == len(out.to_tuple()) == 3  # loss, logits, past_key_values
+    np.testing.assert_array_equal(tup[0], out.loss)
+    np.testing.assert_array_equal(tup[1], out.logits)
+    assert len(tup[2]) == config.n_layer
+    body = backend_tf.build("base", config, reference.random_params(config, "base", seed=34))
+    assert isinstance(body(input_ids=ids, use_cache=False, return_dict=False), tuple)
+
+
+def test_double_heads_does_not_change_the_callers_config():
+    config = make_config("untied")
+    model = MODEL_CLASSES["double"](config, seed=0)
+    assert config.num_labels == 3 and model.config.num_labels == 1
+
+
+def test_skip_init():
+    """Inside reference.skip_init() nothing is drawn; a task model initialises body and head once, outside it."""
+    config = make_config("default")
+    with reference.skip_init():
+        skipped = MODEL_CLASSES["seqcls"](config.copy(), seed=0)
+    assert not np.any(skipped.transformer.wte.embeddings.numpy()) and not np.any(skipped.score.kernel.numpy())
+    model = MODEL_CLASSES["seqcls"](config.copy(), seed=0)
+    expected = reference.init_params(config, "seqcls", 0)
+    got = model.canonical_state_dict()
+    assert set(got) == set(expected)
+    for name in ("wte.weight", "h.1.attn.c_attn.weight", "score.weight"):
+        np.testing.assert_array_equal(got[name], expected[name])
 
 
 # -- Keras: XLA forward, compile + fit, predict -----------------------------------------------------------------------
@@ -282,7 +489,7 @@ def test_tokenizer_matches_oracle_on_random_text(tokenizers):
 def test_tokenizer_matches_oracle_on_whole_corpus(tokenizers):
     """All of the shared Shakespeare corpus (4.5 MB, ~1.4M tokens), one play per row; about 2 s."""
     oracle, tok = tokenizers
-    texts = [f.read_text(encoding="utf-8") for f in sorted((shared_dir() / "corpus" / "shakespeare").glob("*.txt"))]
+    texts = [f.read_text(encoding="utf-8") for f in sorted(whole_corpus_dir().glob("*.txt"))]
     assert len(texts) > 30
     got = tok.tokenize(tf.constant(texts)).to_list()
     for text, ids in zip(texts, got):
@@ -294,7 +501,7 @@ def test_tokenizer_padding_truncation_and_decoding(tokenizers):
     from gpt2_tf.tokenizer import TFGPT2Tokenizer
 
     oracle, _ = tokenizers
-    lines = (shared_dir() / "corpus" / "shakespeare" / "othello.txt").read_text(encoding="utf-8").splitlines()[100:140]
+    lines = (corpus_dir() / "othello.txt").read_text(encoding="utf-8").splitlines()[100:140]
     for side in ("left", "right"):
         tok = TFGPT2Tokenizer(max_length=8, padding_side=side, truncation_side=side)
         got = tok(tf.constant(lines))
