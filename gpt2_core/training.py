@@ -1,9 +1,13 @@
-"""Framework-neutral parts of `gpt2 train`: reading and tokenizing text, packing blocks, the train/eval split, the
-batch order, the learning-rate schedule, metrics logging and checkpoint bookkeeping.
+"""The one training loop of `gpt2 train`, written once for every backend: reading and tokenizing text, packing
+blocks, the train/eval split, the batch order, the learning-rate schedule, the weight-decay rule, resume, the
+evaluation and checkpoint cadence, the checkpoint layout, metrics logging and the progress bar (`run_training`).
 
-Each backend's trainer (gpt2_torch/training.py, gpt2_tf/training.py, gpt2_flax/training.py) takes a `TrainConfig`
-and the `Dataset` made here, so the three read the same batches in the same order and follow the same schedule:
-the only thing they differ in is the framework.
+A backend supplies only its framework's parts through a `TrainerBackend`: build the model and optimizer, one
+optimizer step, an evaluation, saving the model and optimizer state, and how many processes or devices share a
+batch (gpt2_torch/training.py, gpt2_tf/training.py, gpt2_flax/training.py). So the three read the same batches in
+the same order, follow the same schedule and write the same files: the only thing they differ in is the framework.
+
+Reference: keras `src/trainers/` (the loop once, the step per backend).
 """
 
 from __future__ import annotations
@@ -17,11 +21,11 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Protocol, Sequence
 
 import numpy as np
 
-from gpt2_core.config import GPT2Config
+from gpt2_core.config import PRESET_ALIASES, PRESETS, GPT2Config
 
 logger = logging.getLogger(__name__)
 
@@ -223,16 +227,49 @@ def decays(canonical_name: str) -> bool:
     return leaf == "weight" and "ln_" not in module and module not in ("wte", "wpe")
 
 
+# Suffixes of files that look like weights: a model directory holding such files, but none of the names above, is
+# an error rather than a silent start from random weights.
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".h5", ".msgpack", ".pt", ".pth", ".ckpt")
+
+
+def weight_files() -> tuple[str, ...]:
+    """The weight file names a model directory may hold (any backend's format), in gpt2_core.hub's order."""
+    from gpt2_core import hub
+
+    return tuple(hub.WEIGHT_FILES)
+
+
 def resolve_model_config(tc: TrainConfig) -> tuple[GPT2Config, str | None]:
-    """(config, pretrained dir or None): a preset or config.json trains from scratch, a model dir fine-tunes."""
+    """(config, pretrained dir or None): a preset or config.json trains from scratch, a model dir fine-tunes.
+
+    A directory must hold config.json. With weights in any format a backend reads (`weight_files()`, e.g. only a
+    `tf_model.h5`) it fine-tunes them; with files that look like weights in no such format it is an error; with
+    config.json alone it trains that config from scratch, and says so in the log.
+    """
     path = Path(tc.model)
     pretrained = None
     if path.is_dir() and (path / "config.json").exists():
         config = GPT2Config.from_pretrained(path)
-        has_weights = any((path / f).exists() for f in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"))
-        pretrained = str(path) if has_weights else None
+        names = weight_files()
+        if any((path / f).exists() for f in names):
+            pretrained = str(path)
+        else:
+            unknown = sorted(f.name for f in path.iterdir() if f.is_file() and f.suffix.lower() in _WEIGHT_SUFFIXES)
+            if unknown:
+                raise ValueError(
+                    f"The model directory holds weights in no format gpt2 train reads. Received: model={str(path)!r} "
+                    f"with {unknown[:5]}. Expected one of {list(names)}: convert them with gpt2-convert, or pass the "
+                    "config.json file alone to train from scratch."
+                )
+            logger.warning("%s holds config.json but no weights (%s): training its config from scratch.", path,
+                           ", ".join(names))
     elif path.is_file():
         config = GPT2Config.from_json_file(path)
+    elif path.is_dir() and tc.model not in PRESETS and tc.model not in PRESET_ALIASES:
+        raise ValueError(
+            f"The model directory holds no config.json. Received: model={str(path)!r}. Pass a directory with "
+            "config.json (and weights, to fine-tune), a config.json file, or a preset name such as 'gpt2'."
+        )
     else:
         config = GPT2Config.from_preset(tc.model)
     for key, value in tc.overrides.items():
@@ -288,3 +325,157 @@ def unigram_loss(ds: Dataset, vocab_size: int) -> float:
     probs = (counts + 1) / (counts.sum() + vocab_size)
     ev = ds.eval.reshape(-1)
     return float(-np.log(probs[ev]).mean()) if ev.size else float("nan")
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The loop
+# ------------------------------------------------------------------------------------------------------------------
+
+
+class TrainerBackend(Protocol):
+    """What a framework supplies to `run_training`; the loop does everything else.
+
+    Attributes:
+        name: The framework as the metrics log names it (`torch`, `tf`, `flax`).
+        rank: This process's index among `world_size` processes; rank 0 writes the metrics, evaluates and saves.
+            1 process (rank 0) unless the framework runs one process per device (torch under torchrun).
+        world_size: How many share each global batch: torch processes, TF replicas, JAX devices.
+        world_unit: What `world_size` counts, for error messages (`processes`, `replicas`, `devices`).
+    """
+
+    name: str
+    rank: int
+    world_size: int
+    world_unit: str
+
+    def build(self, tc: TrainConfig, *, config: GPT2Config | None, weights: str | Path | None,
+              optimizer_state: Path | None) -> None:
+        """Make the model and its optimizer, seeded by `tc.seed`.
+
+        Args:
+            tc: The run's settings (optimizer hyperparameters, seed, batch size).
+            config: The model's config; None: the one saved with `weights` (resume).
+            weights: A model directory to load (`from_pretrained(weights, config=config)`); None: initialise
+                `config` with `gpt2_core.reference.init_params(seed=tc.seed)`, so every backend starts alike.
+            optimizer_state: A checkpoint directory whose optimizer state (if saved) is restored; None: a fresh one.
+        """
+
+    def num_parameters(self) -> int:
+        """Parameters of the model built."""
+
+    def step(self, batch: np.ndarray, lr: float) -> tuple[Any, Any]:
+        """One AdamW step at learning rate `lr` on the global (B, T) int32 `batch` (inputs and labels), dropout on.
+
+        Returns (loss before the update, averaged over the whole batch; gradient norm before clipping), each a
+        scalar `float()` reads, so a backend may return device values and the loop converts them when needed."""
+
+    def eval_batch_size(self, tc: TrainConfig) -> int:
+        """Rows per evaluation batch."""
+
+    def evaluate(self, batches: list[np.ndarray]) -> float:
+        """Mean loss over `batches` with dropout off; NaN when there are none. Called on rank 0 only."""
+
+    def save(self, directory: Path, *, optimizer: bool) -> None:
+        """The model in Hub layout into `directory` (which exists) and, when `optimizer`, its optimizer state."""
+
+    def sync(self) -> None:
+        """After every step, on every rank (torch: a barrier)."""
+
+    def close(self) -> None:
+        """After the final save, on every rank."""
+
+
+def load_tokenizer(pretrained: str | None):
+    """The pretrained model's tokenizer when its directory has one, else GPT-2's."""
+    from gpt2_core.tokenization import GPT2TokenizerFast
+
+    if pretrained and (Path(pretrained) / "vocab.json").exists():
+        return GPT2TokenizerFast.from_pretrained(pretrained)
+    return GPT2TokenizerFast()  # same ids as GPT2Tokenizer (tested), much faster on a corpus
+
+
+def save_checkpoint(backend: TrainerBackend, tokenizer, directory: Path, step: int, tc: TrainConfig, extra: dict) -> None:
+    """A Hub-layout model directory plus optimizer and trainer state; the state file is written last, so a
+    directory without it is incomplete and ignored by resume."""
+    directory.mkdir(parents=True, exist_ok=True)
+    backend.save(directory, optimizer=True)
+    tokenizer.save_pretrained(directory)
+    write_state(directory, step, tc, extra)
+
+
+def run_training(tc: TrainConfig, backend: TrainerBackend, progress: bool = True) -> dict:
+    """Train (or fine-tune, or resume) with `backend`; returns the final metrics ({step, loss[, eval_loss, ...]}).
+
+    `output_dir` gets `metrics.jsonl`, `checkpoint-STEP/` every `save_every` steps and at the end (model,
+    tokenizer, optimizer state, then `trainer_state.json`), and the final model and tokenizer.
+    """
+    world, rank = backend.world_size, backend.rank
+    if tc.batch_size % world:
+        raise ValueError(
+            f"--batch-size must be divisible by the number of {backend.world_unit}. Received: batch_size="
+            f"{tc.batch_size}, {world} {backend.world_unit}. Use a multiple of {world}."
+        )
+    out = Path(tc.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    config, pretrained = resolve_model_config(tc)
+    tokenizer = load_tokenizer(pretrained)
+    ds = build_dataset(collect_text_files(tc.data), tokenizer, tc.block_size, config.n_positions, tc.eval_fraction)
+    if config.vocab_size < tokenizer.vocab_size:
+        raise ValueError(f"The model's vocab_size is smaller than the tokenizer's. Received: {config.vocab_size} < {tokenizer.vocab_size}.")
+
+    start_step = 0
+    resume_dir = last_checkpoint(out) if tc.resume else None
+    if resume_dir is not None:
+        start_step = int(read_state(resume_dir)["step"])
+        logger.info("Resuming from %s (step %d)", resume_dir, start_step)
+    if resume_dir is not None:
+        backend.build(tc, config=None, weights=resume_dir, optimizer_state=resume_dir)
+    else:
+        backend.build(tc, config=config, weights=pretrained, optimizer_state=None)
+
+    log = MetricsLog(out / METRICS_NAME, enabled=rank == 0)
+    if start_step == 0:
+        log.write(event="start", backend=backend.name, world_size=world, n_params=backend.num_parameters(),
+                  n_tokens=ds.n_tokens, train_blocks=len(ds.train), eval_blocks=len(ds.eval), eval_files=ds.eval_files,
+                  unigram_eval_loss=unigram_loss(ds, config.vocab_size), train_config=tc.to_json())
+    batches = ds.batches(tc.batch_size, tc.seed, start_step)
+    eval_set = ds.eval_batches(backend.eval_batch_size(tc), tc.eval_batches)
+    bar = None
+    if progress and rank == 0:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=tc.max_steps, initial=start_step, desc="train", unit="step")
+    t0, tokens, last = time.perf_counter(), 0, {}
+    for step in range(start_step, tc.max_steps):
+        batch = next(batches)
+        lr = learning_rate(step, tc)
+        loss, grad_norm = backend.step(batch, lr)
+        tokens += batch.size
+        loss_value = float(loss)
+        if not math.isfinite(loss_value):
+            raise FloatingPointError(f"The loss became {loss_value} at step {step}. Lower --learning-rate.")
+        done = step + 1
+        if done % tc.log_every == 0 or done == tc.max_steps:
+            rate = tokens / (time.perf_counter() - t0)
+            log.write(step=done, loss=loss_value, lr=lr, grad_norm=float(grad_norm), tokens_per_s=rate)
+            if bar is not None:
+                bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{rate:,.0f}")
+        last = {"step": done, "loss": loss_value}
+        if rank == 0 and (done % tc.eval_every == 0 or done == tc.max_steps) and eval_set:
+            eval_loss = backend.evaluate(eval_set)
+            last.update(eval_loss=eval_loss, eval_perplexity=math.exp(min(eval_loss, 50)))
+            log.write(step=done, eval_loss=eval_loss, eval_perplexity=last["eval_perplexity"])
+        if rank == 0 and tc.save_every and done % tc.save_every == 0 and done != tc.max_steps:
+            save_checkpoint(backend, tokenizer, out / f"checkpoint-{done}", done, tc, last)
+        backend.sync()
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    if rank == 0:
+        save_checkpoint(backend, tokenizer, out / f"checkpoint-{tc.max_steps}", tc.max_steps, tc, last)
+        backend.save(out, optimizer=False)
+        tokenizer.save_pretrained(out)
+        log.write(event="end", **last)
+    backend.close()
+    return last

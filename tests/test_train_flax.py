@@ -14,7 +14,7 @@ import pytest
 
 import jax
 
-from conftest import REPO, shared_dir  # noqa: E402
+from conftest import REPO, corpus_dir  # noqa: E402
 from gpt2_core import training as core_training  # noqa: E402
 from gpt2_core.training import TrainConfig  # noqa: E402
 
@@ -23,10 +23,15 @@ jax.config.update("jax_default_matmul_precision", "highest")
 TINY = dict(n_layer=1, n_embd=32, n_head=2, n_positions=64)
 
 
+def cli(name: str) -> str:
+    """The module of a command (`cli`, `train_cli`): gpt2_apps holds them (issue 9), gpt2_core did before."""
+    return f"gpt2_apps.{name}" if (REPO / "gpt2_apps" / f"{name}.py").exists() else f"gpt2_core.{name}"
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     d = tmp_path_factory.mktemp("corpus")
-    src = shared_dir() / "corpus" / "shakespeare"
+    src = corpus_dir()
     for f in sorted(src.glob("*.txt"))[:3]:
         (d / f.name).write_text(f.read_text(encoding="utf-8")[:30000], encoding="utf-8")
     assert len(list(d.iterdir())) >= 2
@@ -121,17 +126,17 @@ def test_resume_continues_the_same_curve(corpus, runs, tmp_path, monkeypatch):
 
     _, full = runs  # six steps, checkpoint at 3
     part = tmp_path / "part"
-    real = training.learning_rate
+    real = core_training.learning_rate  # the loop's schedule, patched to stop the run at step 4
 
     def interrupt(step, cfg):
         if step == 4:
             raise KeyboardInterrupt
         return real(step, cfg)
 
-    monkeypatch.setattr(training, "learning_rate", interrupt)
+    monkeypatch.setattr(core_training, "learning_rate", interrupt)
     with pytest.raises(KeyboardInterrupt):
         training.train_lm(tc(corpus, part), progress=False)
-    monkeypatch.setattr(training, "learning_rate", real)
+    monkeypatch.setattr(core_training, "learning_rate", real)
     assert core_training.last_checkpoint(part).name == "checkpoint-3"
     training.train_lm(tc(corpus, part, resume=True), progress=False)
     a, b = losses(full), losses(part)
@@ -154,7 +159,7 @@ def test_four_devices_equal_one(corpus, runs, tmp_path):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu",
                PYTHONPATH=str(REPO))
     proc = subprocess.run(
-        [sys.executable, "-m", "gpt2_core.train_cli", "--backend", "flax", *cli_args(corpus), "-o", str(tmp_path)],
+        [sys.executable, "-m", cli("train_cli"), "--backend", "flax", *cli_args(corpus), "-o", str(tmp_path)],
         capture_output=True, text=True, env=env, cwd=REPO, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -181,10 +186,50 @@ def test_decay_mask_is_matrices_only():
         assert decayed == sorted(expected + ([] if tie else ["lm_head.kernel"]))
 
 
+def test_make_schedule_is_the_core_schedule():
+    from gpt2_flax.training import make_schedule
+
+    for peak, warmup, total, end in ((3e-3, 2, 6, None), (6e-4, 100, 1000, 1e-5), (1e-3, 0, 10, 0.0)):
+        schedule = make_schedule(peak, warmup, total, end)
+        config = TrainConfig(learning_rate=peak, warmup_steps=warmup, max_steps=total,
+                             min_lr_ratio=0.1 if end is None else end / peak)
+        for step in list(range(min(total, 12))) + [warmup, total - 1, total, total + 5]:
+            expected = np.float32(core_training.learning_rate(step, config))
+            assert float(schedule(jax.numpy.int32(step))) == expected, (peak, warmup, total, step)
+    with pytest.raises(ValueError, match="warmup_steps < total_steps"):
+        make_schedule(1e-3, 10, 10)
+
+
+def test_make_optimizer_is_the_trainers_optimizer():
+    """make_optimizer + train_step (the public path) and the `gpt2 train` step take the same steps: same decay set
+    (large weight decay, so decaying the embeddings would show), schedule, clipping and AdamW arithmetic."""
+    from gpt2_core.config import GPT2Config
+    from gpt2_flax import FlaxGPT2LMHeadModel
+    from gpt2_flax.training import AdamWConfig, init_lm_optimizer_state, lm_train_step, make_optimizer, train_step
+
+    config = GPT2Config(vocab_size=50, bos_token_id=49, eos_token_id=49, resid_pdrop=0.0, embd_pdrop=0.0,
+                        attn_pdrop=0.0, **TINY)
+    tc_ = TrainConfig(learning_rate=3e-3, warmup_steps=2, max_steps=6, weight_decay=10.0, grad_clip=0.5)
+    x = jax.numpy.asarray(np.random.default_rng(0).integers(0, 50, (4, 16)))
+    public = FlaxGPT2LMHeadModel.from_config(config, seed=0)
+    optimizer = make_optimizer(public, learning_rate=tc_.learning_rate, warmup_steps=tc_.warmup_steps,
+                               total_steps=tc_.max_steps, weight_decay=tc_.weight_decay, b1=tc_.beta1, b2=tc_.beta2,
+                               eps=tc_.eps, max_grad_norm=tc_.grad_clip)
+    trainer = FlaxGPT2LMHeadModel.from_config(config, seed=0)
+    hp = AdamWConfig.from_train_config(tc_)
+    state = init_lm_optimizer_state(trainer, hp)
+    for step in range(4):
+        loss_a = float(train_step(public, optimizer, {"input_ids": x, "labels": x}))
+        state, loss_b, _ = lm_train_step(trainer, state, x, jax.numpy.float32(core_training.learning_rate(step, tc_)), hp)
+        assert abs(loss_a - float(loss_b)) < 1e-6, (step, loss_a, float(loss_b))
+    a, b = public.canonical_state_dict(), trainer.canonical_state_dict()
+    assert max(float(np.abs(a[k] - b[k]).max()) for k in a) < 1e-6
+
+
 def test_cli_errors_exit_2(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
-    r = subprocess.run([sys.executable, "-m", "gpt2_core.cli", "train", "--backend", "flax", "--data", str(empty), "-o",
+    r = subprocess.run([sys.executable, "-m", cli("cli"), "train", "--backend", "flax", "--data", str(empty), "-o",
                         str(tmp_path / "o")], capture_output=True, text=True, cwd=REPO,
                        env=dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu"))
     assert r.returncode == 2 and "holds no text files" in r.stderr, r.stderr

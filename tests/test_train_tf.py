@@ -13,16 +13,22 @@ import numpy as np
 import pytest
 
 
-from conftest import REPO, shared_dir  # noqa: E402
+from conftest import REPO, corpus_dir  # noqa: E402
+from gpt2_core import training as core_training
 from gpt2_core.training import TrainConfig  # noqa: E402
 
 TINY = dict(n_layer=1, n_embd=32, n_head=2, n_positions=64)
 
 
+def cli(name: str) -> str:
+    """The module of a command (`cli`, `train_cli`): gpt2_apps holds them (issue 9), gpt2_core did before."""
+    return f"gpt2_apps.{name}" if (REPO / "gpt2_apps" / f"{name}.py").exists() else f"gpt2_core.{name}"
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     d = tmp_path_factory.mktemp("corpus")
-    src = shared_dir() / "corpus" / "shakespeare"
+    src = corpus_dir()
     for name in ("romeo-and-juliet.txt", "hamlet.txt", "macbeth.txt", "othello.txt"):
         f = src / name
         if f.exists():
@@ -95,17 +101,17 @@ def test_curve_equals_torch_trainer(corpus, full_run, tmp_path):
 def test_resume_continues_the_same_curve(corpus, full_run, tmp_path, monkeypatch):
     from gpt2_tf import training
 
-    real = training.learning_rate
+    real = core_training.learning_rate  # the loop's schedule, patched to stop the run at step 4
 
     def interrupt(step, cfg):
         if step == 4:
             raise KeyboardInterrupt
         return real(step, cfg)
 
-    monkeypatch.setattr(training, "learning_rate", interrupt)
+    monkeypatch.setattr(core_training, "learning_rate", interrupt)
     with pytest.raises(KeyboardInterrupt):
         training.train(tc(corpus, tmp_path), progress=False)
-    monkeypatch.setattr(training, "learning_rate", real)
+    monkeypatch.setattr(core_training, "learning_rate", real)
     training.train(tc(corpus, tmp_path, resume=True), progress=False)
     a, b = losses(full_run[0]), losses(tmp_path)
     for step in (5, 6):
@@ -117,7 +123,7 @@ import sys
 import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from gpt2_core.train_cli import main
+from {train_cli} import main
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -130,7 +136,7 @@ def test_mirrored_two_replicas_equal_one_device(corpus, full_run, tmp_path):
             "--eval-batches", "2", "--dropout", "0", "--no-progress", "-o", str(tmp_path)]
     args += [f"--set={k}={v}" for k, v in TINY.items()]
     env = dict(os.environ, PYTHONPATH=str(REPO), KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="2")
-    r = subprocess.run([sys.executable, "-c", _TWO_CPUS, *args], capture_output=True, text=True, env=env, cwd=REPO)
+    r = subprocess.run([sys.executable, "-c", _TWO_CPUS.format(train_cli=cli("train_cli")), *args], capture_output=True, text=True, env=env, cwd=REPO)
     assert r.returncode == 0, r.stderr[-3000:]
     one, two = losses(full_run[0]), losses(tmp_path)
     assert set(one) == set(two) == set(range(1, 7))
@@ -142,7 +148,7 @@ def test_mirrored_two_replicas_equal_one_device(corpus, full_run, tmp_path):
 def test_train_errors(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
-    r = subprocess.run([sys.executable, "-m", "gpt2_core.cli", "train", "--backend", "tf", "--data", str(empty), "-o",
+    r = subprocess.run([sys.executable, "-m", cli("cli"), "train", "--backend", "tf", "--data", str(empty), "-o",
                         str(tmp_path / "o")], capture_output=True, text=True, cwd=REPO,
                        env=dict(os.environ, PYTHONPATH=str(REPO), KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="2"))
     assert r.returncode == 2 and "holds no text files" in r.stderr, r.stderr[-2000:]

@@ -12,16 +12,22 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, make_config, shared_dir
+from conftest import REPO, corpus_dir, make_config
+from gpt2_core import training as core_training
 from gpt2_core.training import TrainConfig
 
 TINY = dict(n_layer=1, n_embd=32, n_head=2, n_positions=64)
 
 
+def cli(name: str) -> str:
+    """The module of a command (`cli`, `train_cli`): gpt2_apps holds them (issue 9), gpt2_core did before."""
+    return f"gpt2_apps.{name}" if (REPO / "gpt2_apps" / f"{name}.py").exists() else f"gpt2_core.{name}"
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     d = tmp_path_factory.mktemp("corpus")
-    src = shared_dir() / "corpus" / "shakespeare"
+    src = corpus_dir()
     for f in sorted(src.glob("*.txt"))[:3]:
         (d / f.name).write_text(f.read_text(encoding="utf-8")[:30000], encoding="utf-8")
     assert len(list(d.iterdir())) == 3
@@ -60,17 +66,17 @@ def test_resume_continues_the_same_curve(corpus, tmp_path, monkeypatch):
     full = tmp_path / "full"
     training.train(tc(corpus, full, save_every=3), progress=False)
     part = tmp_path / "part"
-    real = training.learning_rate
+    real = core_training.learning_rate  # the loop's schedule, patched to stop the run at step 4
 
     def interrupt(step, cfg):
         if step == 4:
             raise KeyboardInterrupt
         return real(step, cfg)
 
-    monkeypatch.setattr(training, "learning_rate", interrupt)
+    monkeypatch.setattr(core_training, "learning_rate", interrupt)
     with pytest.raises(KeyboardInterrupt):
         training.train(tc(corpus, part, save_every=3), progress=False)
-    monkeypatch.setattr(training, "learning_rate", real)
+    monkeypatch.setattr(core_training, "learning_rate", real)
     training.train(tc(corpus, part, save_every=3, resume=True), progress=False)
     a, b = losses(full), losses(part)
     for step in (5, 6):
@@ -83,10 +89,10 @@ def test_ddp_two_processes_equal_one(corpus, tmp_path):
             "--max-steps", "4", "--warmup-steps", "2", "--learning-rate", "3e-3", "--log-every", "1", "--eval-every", "100",
             "--dropout", "0", "--no-progress"] + [f"--set={k}={v}" for k, v in TINY.items()]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    subprocess.run([sys.executable, "-m", "gpt2_core.train_cli", *args, "-o", str(tmp_path / "one")], check=True, env=env, cwd=REPO)
+    subprocess.run([sys.executable, "-m", cli("train_cli"), *args, "-o", str(tmp_path / "one")], check=True, env=env, cwd=REPO)
     subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-         "-m", "gpt2_core.train_cli", *args, "-o", str(tmp_path / "two")],
+         "-m", cli("train_cli"), *args, "-o", str(tmp_path / "two")],
         check=True, env=env, cwd=REPO,
     )
     one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
@@ -98,7 +104,7 @@ def test_ddp_two_processes_equal_one(corpus, tmp_path):
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "gpt2_core.cli", *args], capture_output=True, text=True, cwd=REPO,
+    return subprocess.run([sys.executable, "-m", cli("cli"), *args], capture_output=True, text=True, cwd=REPO,
                           env=dict(os.environ, PYTHONPATH=str(REPO)))
 
 
