@@ -1,30 +1,32 @@
 """Shared fixtures: tiny configs, random canonical weights made once in NumPy, and the `backend` fixture.
 
-Each backend is driven through a small adapter module `tests/backend_<name>.py` with the same functions:
+Each backend is driven through its adapter in the one registry, `gpt2_apps.backends` (the one the `gpt2` CLI and
+`gpt2-verify` use), with full fp32 matmul precision (no TF32, XLA "highest"):
 
-    build(head, config, canonical) -> model           # a model of that head holding exactly these weights
-    forward(model, head, **numpy_inputs) -> dict      # output fields as NumPy (tuples kept), inputs as NumPy
-    canonical(model) -> dict[str, np.ndarray]         # the model's weights back through gpt2_core.naming
+    build(head, config, canonical, dtype=None) -> model  # a model of that head holding exactly these weights
+    forward(model, head, **numpy_inputs) -> dict         # output fields as NumPy (tuples kept), inputs as NumPy
+    canonical(model) -> dict[str, np.ndarray]            # the model's weights back through gpt2_core.naming
     generate(model, input_ids, attention_mask=None, **kwargs) -> np.ndarray
+    save(model, directory) / load(head, directory)
 
 so one test body runs on every backend and compares against gpt2_core.reference.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from gpt2_core.config import GPT2Config
-
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-BACKENDS = ("torch", "tf", "flax")
+from gpt2_core.config import GPT2Config  # noqa: E402
+
+from gpt2_apps.backends import BACKENDS, get_backend  # noqa: E402  (after KERAS_BACKEND)
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 
@@ -54,14 +56,17 @@ def make_config(name: str = "default", **overrides) -> GPT2Config:
     return GPT2Config(**{**CONFIGS[name], **overrides})
 
 
-def backend_module(name: str):
-    return importlib.import_module(f"backend_{name}")
+def backend_adapter(name: str):
+    """The registry's adapter of backend `name` (gpt2_apps.backends), set to full fp32 matmul precision."""
+    adapter = get_backend(name)
+    adapter.highest_precision()
+    return adapter
 
 
 @pytest.fixture(params=BACKENDS)
 def backend(request):
-    """The adapter module of one backend; every test using it runs once per framework, with its own id."""
-    return backend_module(request.param)
+    """The adapter of one backend; every test using it runs once per framework, with its own id."""
+    return backend_adapter(request.param)
 
 
 @pytest.fixture(scope="session")
@@ -85,7 +90,29 @@ def padded_batch(config: GPT2Config, side: str, seed: int = 0):
     return ids, mask
 
 
+SAMPLE_CORPUS = REPO / "tests" / "data" / "shakespeare"
+
+
 def shared_dir() -> Path:
+    """`../shared` beside the repository: required in CI, where it is always laid out."""
     if not SHARED.is_dir():
         pytest.fail(f"../shared is missing next to the repo ({SHARED}); CI lays it there. The tests need it.")
     return SHARED
+
+
+def corpus_dir() -> Path:
+    """Real English for the tests: the shared Shakespeare corpus, or the committed sample of it in a plain clone
+    (the opening of four plays; tests that read only those openings get the same text either way)."""
+    shared = SHARED / "corpus" / "shakespeare"
+    return shared if shared.is_dir() else SAMPLE_CORPUS
+
+
+def whole_corpus_dir() -> Path:
+    """The whole shared corpus, for the checks that need all of it: skipped in a plain clone without `../shared`,
+    never in CI (`CI` set), where a missing corpus fails."""
+    shared = SHARED / "corpus" / "shakespeare"
+    if shared.is_dir():
+        return shared
+    if os.environ.get("CI"):
+        pytest.fail(f"The shared corpus is missing ({shared}); CI lays ../shared beside the repo.")
+    pytest.skip(f"needs the whole Shakespeare corpus at {shared} (../shared); a plain clone has only the sample")

@@ -3,6 +3,7 @@ oracle (transformers' config defaults and logits warpers)."""
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
@@ -11,19 +12,63 @@ import numpy as np
 import pytest
 
 from conftest import REPO, make_config
+from fixtures.hub_cache import make_hub_cache, no_network  # noqa: F401 - a fixture
 from gpt2_core import hub, naming, reference
 from gpt2_core.config import PRESETS, GPT2Config
 from gpt2_core.generation import make_generation_config, process_logits
 
 
-def test_import_gpt2_core_does_not_import_frameworks():
+# Layers: gpt2_core <- weights_convert <- backends <- apps. gpt2_core imports none of these, at module level or lazily.
+FORBIDDEN_IN_CORE = ("weights_convert", "gpt2_torch", "gpt2_tf", "gpt2_flax", "gpt2_apps",
+                     "torch", "tensorflow", "jax", "flax", "keras")
+
+
+def test_importing_every_gpt2_core_module_imports_no_framework_or_converter():
     code = (
-        "import sys, gpt2_core, gpt2_core.naming, gpt2_core.reference, gpt2_core.hub, gpt2_core.generation, gpt2_core.checks;"
+        "import importlib, pkgutil, sys, gpt2_core;"
+        "names = [m.name for m in pkgutil.walk_packages(gpt2_core.__path__, 'gpt2_core.')];"
+        "[importlib.import_module(n) for n in names];"
         "from gpt2_core import GPT2Tokenizer;"
-        "bad = [m for m in ('torch', 'tensorflow', 'jax', 'flax', 'keras') if m in sys.modules];"
-        "assert not bad, bad"
+        f"bad = sorted(m for m in sys.modules if m.split('.')[0] in {FORBIDDEN_IN_CORE!r});"
+        "assert not bad, bad;"
+        "assert 'gpt2_core.hub' in names and 'gpt2_core.naming' in names, names"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+def _imported_modules(tree: ast.AST) -> list[tuple[int, str]]:
+    """Every module an AST imports, at any depth (lazy imports in functions included), and
+    importlib.import_module / __import__ calls with a constant name."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.append((node.lineno, node.module))
+        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
+            f = node.func
+            name = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else ""
+            if name in ("import_module", "__import__") and isinstance(node.args[0].value, str):
+                found.append((node.lineno, node.args[0].value))
+    return found
+
+
+# The one exception: the tokenizer's `return_tensors="pt"/"tf"/"jax"` hands its arrays to the framework the caller
+# asked for (transformers' API), importing that framework then; it never imports a backend or the converter.
+FRAMEWORK_IMPORTS_ALLOWED = ("tokenization",)
+FRAMEWORKS = ("torch", "tensorflow", "jax", "flax", "keras")
+
+
+def test_gpt2_core_has_no_lazy_imports_of_frameworks_or_converter():
+    bad = []
+    for path in sorted((REPO / "gpt2_core").rglob("*.py")):
+        for line, module in _imported_modules(ast.parse(path.read_text(encoding="utf-8"))):
+            top = module.split(".")[0]
+            if top in FRAMEWORKS and path.stem.startswith(FRAMEWORK_IMPORTS_ALLOWED):
+                continue
+            if top in FORBIDDEN_IN_CORE:
+                bad.append(f"{path.relative_to(REPO)}:{line} imports {module}")
+    assert not bad, bad
 
 
 # -- config ------------------------------------------------------------------------------------------------------
@@ -222,26 +267,73 @@ def test_atomic_write_leaves_nothing_on_error(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_sharded_safetensors_round_trip(tmp_path):
-    params = reference.random_params(make_config("default"), "lm", seed=0)
-    files = hub.save_safetensors(params, tmp_path, max_shard_size="10KB")
-    assert len(files) > 2 and (tmp_path / "model.safetensors.index.json").exists()
-    back = hub.load_state_dict(tmp_path)
-    for k in params:
-        np.testing.assert_array_equal(back[k], params[k])
+def test_config_from_hub_cache_with_hub_kwargs_and_overrides(tmp_path, no_network):
+    config = make_config("default")
+    sha = "a" * 40
+    make_hub_cache(tmp_path / "cache", "org/name", {"config.json": config.to_json_string().encode()}, sha=sha)
+    for revision in (None, "main", sha):
+        got = GPT2Config.from_pretrained("org/name", cache_dir=tmp_path / "cache", local_files_only=True,
+                                         revision=revision, n_positions=12)
+        assert got.n_embd == config.n_embd and got.n_positions == 12
+    with pytest.raises(FileNotFoundError, match="not in the cache") as e:  # another revision was never downloaded
+        GPT2Config.from_pretrained("org/name", cache_dir=tmp_path / "cache", local_files_only=True, revision="b" * 40)
+    assert str(tmp_path / "cache") in str(e.value)
 
 
-def test_truncated_safetensors_is_a_clear_error(tmp_path):
-    hub.save_safetensors(reference.random_params(make_config("default"), "base", seed=0), tmp_path)
-    f = tmp_path / "model.safetensors"
-    f.write_bytes(f.read_bytes()[:100])
-    with pytest.raises(ValueError, match="truncated or corrupt"):
-        hub.load_state_dict(tmp_path)
+def test_missing_file_in_the_cache_says_so(tmp_path, no_network):
+    make_hub_cache(tmp_path / "cache", "org/name", {"model.safetensors": b"x"})
+    with pytest.raises(FileNotFoundError, match="config.json of 'org/name' is not in the cache") as e:
+        GPT2Config.from_pretrained("org/name", cache_dir=tmp_path / "cache", local_files_only=True)
+    assert str(tmp_path / "cache") in str(e.value) and "Hub repo has no" not in str(e.value)
+    with pytest.raises(FileNotFoundError, match="not in the cache"):  # a repo never downloaded at all
+        hub.resolve_file("org/other", "config.json", cache_dir=tmp_path / "cache", local_files_only=True)
+
+
+def test_sharded_index_from_a_hub_id_fetches_every_shard(tmp_path, no_network):
+    """Any format's shard index (here tf_model.h5's) resolves with its shards, which land beside it."""
+    index = {"weight_map": {"a": "tf_model-00001-of-00002.h5", "b": "tf_model-00002-of-00002.h5"}}
+    files = {"tf_model.h5.index.json": json.dumps(index).encode(), "tf_model-00001-of-00002.h5": b"1",
+             "tf_model-00002-of-00002.h5": b"2"}
+    snapshot = make_hub_cache(tmp_path / "cache", "org/name", files)
+    kw = dict(cache_dir=tmp_path / "cache", local_files_only=True)
+    found = hub.resolve_weights("org/name", **kw)
+    assert found == snapshot / "tf_model.h5.index.json" and hub.WEIGHT_FILES[found.name] == "tf"
+    (snapshot / "tf_model-00002-of-00002.h5").unlink()
+    with pytest.raises(FileNotFoundError, match="tf_model-00002-of-00002.h5 of 'org/name' is not in the cache"):
+        hub.resolve_weights("org/name", **kw)
+
+
+@pytest.mark.parametrize("name", ["./typo-model", "../typo-model", "~/typo-model", "checkpoints/run1/typo",
+                                  "/abs/typo-model", "EXISTING/typo-model"])
+def test_mistyped_local_path_fails_at_once_naming_it(tmp_path, monkeypatch, no_network, name):
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *a, **k: pytest.fail("sent to the Hub"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "EXISTING").mkdir()  # the first part exists: a path, not org/name
+    assert hub.looks_like_path(name)
+    with pytest.raises(FileNotFoundError, match="No such local directory") as e:
+        GPT2Config.from_pretrained(name)
+    assert repr(name) in str(e.value)
+    with pytest.raises(FileNotFoundError, match="No such local directory"):
+        hub.resolve_weights(name)
+
+
+def test_hub_ids_are_not_paths():
+    assert not hub.looks_like_path("gpt2") and not hub.looks_like_path("openai-community/gpt2")
+    with pytest.raises(TypeError, match="unexpected keyword arguments \\['proxy'\\]"):
+        hub.check_hub_kwargs({"proxy": 1, "revision": "main"})
+
+
+def test_weight_files_is_the_one_list():
+    assert list(hub.WEIGHT_FILES)[:2] == ["model.safetensors", "model.safetensors.index.json"]
+    assert {"tf_model.h5", "tf_model.h5.index.json", "flax_model.msgpack", "pytorch_model.bin"} <= set(hub.WEIGHT_FILES)
+    assert set(hub.WEIGHT_FILES.values()) == {"safetensors", "pytorch", "tf", "flax"}
 
 
 def test_missing_directory_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(FileNotFoundError, match="No such directory, and not a Hub id"):
+    with pytest.raises(FileNotFoundError, match="No such local directory"):
         hub.resolve_file(str(tmp_path / "nope" / "deeper" / "x"), "config.json")
     with pytest.raises(FileNotFoundError, match="No weights found"):
         hub.resolve_weights(tmp_path)
@@ -249,7 +341,40 @@ def test_missing_directory_is_a_clear_error(tmp_path, monkeypatch):
 
 def test_written_files_get_normal_permissions(tmp_path):
     """Atomic writes go through a private temporary file; the result has the mode a plain write would give."""
-    hub.save_safetensors(reference.random_params(make_config("default"), "base", seed=0), tmp_path)
+    hub.atomic_write_text(tmp_path / "notes.txt", "x")
     make_config("default").save_pretrained(tmp_path)
-    for name in ("model.safetensors", "config.json"):
+    for name in ("notes.txt", "config.json"):
         assert (tmp_path / name).stat().st_mode & 0o777 == hub.default_mode(), name
+    with hub.atomic_directory(tmp_path / "out") as d:
+        (d / "a").write_text("a")
+    assert (tmp_path / "out").stat().st_mode & 0o777 == hub.default_mode(directory=True)
+
+
+def test_shape_table_is_built_once_per_config_and_head(monkeypatch):
+    config = make_config("untied", n_layer=3)
+    calls = []
+    real = naming.body_shapes
+    monkeypatch.setattr(naming, "body_shapes", lambda c: calls.append(1) or real(c))
+    naming._TABLES.clear()
+    for key in naming.canonical_shapes(config, "lm"):
+        naming.backend_path(key, "tf", config, "lm")
+    naming.to_backend(reference.random_params(config, "lm", seed=0), "flax", config, "lm")
+    assert len(calls) == 1
+    naming.backend_path("wte.weight", "tf", config.copy(n_layer=2), "lm")  # another config: another table
+    assert len(calls) == 2
+
+
+def test_one_strict_check_lists_every_problem():
+    config = make_config("default")
+    params = reference.random_params(config, "seqcls", seed=0)
+    params["h.9.ln_1.weight"] = np.zeros(3)
+    params["wte.weight"] = np.zeros((5, 5))
+    del params["score.weight"]
+    with pytest.raises(ValueError) as e:
+        naming.check_canonical(params, config, "seqcls", "test dict")
+    msg = str(e.value)
+    assert "missing keys: ['score.weight']" in msg and "unexpected keys: ['h.9.ln_1.weight']" in msg
+    assert f"wte.weight: expected ({config.vocab_size}, {config.n_embd}), found (5, 5)" in msg
+    del params["h.9.ln_1.weight"]
+    params["wte.weight"] = np.zeros((config.vocab_size, config.n_embd))
+    assert naming.check_canonical(params, config, "seqcls", allow_missing_head=True) == ["score.weight"]

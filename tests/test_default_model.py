@@ -12,8 +12,8 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import BACKENDS, REPO, shared_dir
-from gpt2_core.cli import DEFAULT_MODEL_DIR
+from conftest import BACKENDS, REPO, whole_corpus_dir
+from gpt2_apps.cli import DEFAULT_MODEL_DIR
 
 # the plays the default model never saw (see its training log, bench/train_default_model.sh)
 HELD_OUT = ("edward-iii.txt", "titus-andronicus.txt")
@@ -34,7 +34,7 @@ def test_shipped_files():
 
 def generate_cli(backend_name: str) -> str:
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="3")
-    r = subprocess.run([sys.executable, "-m", "gpt2_core.cli", "generate", "--backend", backend_name, "--max-new-tokens", "48", "ROMEO:"],
+    r = subprocess.run([sys.executable, "-m", "gpt2_apps.cli", "generate", "--backend", backend_name, "--max-new-tokens", "48", "ROMEO:"],
                        capture_output=True, text=True, cwd=REPO, env=env)
     assert r.returncode == 0, r.stderr
     return r.stdout
@@ -62,7 +62,7 @@ def test_held_out_loss_beats_unigram():
 
     tok = GPT2Tokenizer()
     model = GPT2LMHeadModel.from_pretrained(DEFAULT_MODEL_DIR)
-    src = shared_dir() / "corpus" / "shakespeare"
+    src = whole_corpus_dir()
     train_ids = np.concatenate([np.asarray(tok.encode(p.read_text())) for p in sorted(src.glob("*.txt")) if p.name not in HELD_OUT])
     counts = np.bincount(train_ids, minlength=50257) + 1
     logp = np.log(counts / counts.sum())

@@ -1,7 +1,8 @@
 """Every backend against the float64 NumPy reference, and against each other, on the same random weights.
 
-Max-abs-difference tolerance: conftest.TOL (1e-4, fp32). The reference is gpt2_core.reference; heads and losses
-are computed here from its hidden states with the reference's own head functions.
+Max-abs-difference tolerance: conftest.TOL (1e-4, fp32); in fp16/bf16 (reorder_and_upcast_attn) LOW_PRECISION_TOL
+below. The reference is gpt2_core.reference; heads and losses are computed here from its hidden states with the
+reference's own head functions. Backends are driven through the one registry, gpt2_apps.backends (conftest).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import BACKENDS, CONFIGS, HEADS, TOL, backend_module, make_config, padded_batch
+from conftest import BACKENDS, CONFIGS, HEADS, TOL, backend_adapter, make_config, padded_batch
 from gpt2_core import reference
 from gpt2_core.generation import make_generation_config, reference_greedy
 
@@ -194,26 +195,164 @@ def test_generation_stops_at_eos(backend):
 PAIRS = [(a, b) for i, a in enumerate(BACKENDS) for b in BACKENDS[i + 1 :]]
 
 
+def as_legacy(value):
+    """A returned cache as transformers' tuple of per-layer (k, v): a KVCache through `to_legacy()`."""
+    return value.to_legacy() if hasattr(value, "to_legacy") else value
+
+
+def assert_same_tree(a, b, tol: float, path: str) -> None:
+    """Nested tuples of arrays equal within `tol`, with the same lengths at every level (no zip truncation)."""
+    if isinstance(a, tuple) or isinstance(b, tuple):
+        assert isinstance(a, tuple) and isinstance(b, tuple), f"{path}: {type(a).__name__} vs {type(b).__name__}"
+        assert len(a) == len(b), f"{path}: {len(a)} vs {len(b)} entries"
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_tree(x, y, tol, f"{path}[{i}]")
+        return
+    d = maxdiff(a, b)
+    assert d <= tol, f"{path} differs by {d} (tol {tol})"
+
+
+def assert_same_outputs(a: dict, b: dict, tol: float = TOL) -> list[str]:
+    """Every output field of two backends, field by field: the same set of fields, the same lengths, caches compared
+    as legacy tuples. Returns the fields compared."""
+    fields_a = sorted(k for k, v in a.items() if v is not None)
+    fields_b = sorted(k for k, v in b.items() if v is not None)
+    assert fields_a == fields_b, (fields_a, fields_b)
+    for field in fields_a:
+        x, y = a[field], b[field]
+        if field == "past_key_values":
+            assert type(x) is type(y), f"past_key_values: {type(x).__name__} vs {type(y).__name__}"
+            x, y = as_legacy(x), as_legacy(y)
+        assert_same_tree(x, y, tol, field)
+    return fields_a
+
+
 @pytest.mark.parametrize("pair", PAIRS, ids=[f"{a}-{b}" for a, b in PAIRS])
 @pytest.mark.parametrize("head", HEADS)
 def test_backends_agree(pair, head):
-    """The same weights give the same outputs in two frameworks (max abs diff <= 1e-4)."""
+    """The same weights give the same outputs in two frameworks (max abs diff <= 1e-4): every field, every hidden
+    state and attention map, and the returned past_key_values."""
     config = make_config("mistral")
     params = reference.random_params(config, head, seed=10)
     inputs = head_inputs(head, config, "left")
     outs = []
     for name in pair:
-        mod = backend_module(name)
-        outs.append(mod.forward(mod.build(head, config, params), head, **inputs, output_hidden_states=True))
+        b = backend_adapter(name)
+        # config.use_cache (True): the heads whose transformers class returns a cache return it
+        outs.append(b.forward(b.build(head, config, params), head, **inputs, output_hidden_states=True,
+                              output_attentions=True))
     a, b = outs
-    fields = [k for k in a if k not in ("past_key_values",) and a[k] is not None]
-    assert fields
-    for field in fields:
-        if isinstance(a[field], tuple):
-            for x, y in zip(a[field], b[field]):
-                assert maxdiff(x, y) <= TOL, field
-        else:
-            assert maxdiff(a[field], b[field]) <= TOL, field
+    fields = assert_same_outputs(a, b)
+    assert {"hidden_states", "attentions"} <= set(fields), fields
+    assert len(a["hidden_states"]) == config.n_layer + 1 and len(a["attentions"]) == config.n_layer
+    if head in ("base", "lm", "double", "seqcls"):
+        assert "past_key_values" in fields and len(as_legacy(a["past_key_values"])) == config.n_layer, fields
+
+
+def kv_cache_arrays(past, max_length: int):
+    """A legacy NumPy past (per layer (B, N, P, H)) as a `KVCacheArrays` of `max_length` slots, length P."""
+    from gpt2_apps.backends import KVCacheArrays
+
+    P = past[0][0].shape[2]
+    grow = lambda x: np.concatenate([x, np.zeros((*x.shape[:2], max_length - P, x.shape[3]), x.dtype)], 2)  # noqa: E731
+    return KVCacheArrays(key=tuple(grow(k) for k, _ in past), value=tuple(grow(v) for _, v in past), length=P)
+
+
+@pytest.mark.parametrize("cache", ["legacy", "kvcache"])
+@pytest.mark.parametrize("pair", PAIRS, ids=[f"{a}-{b}" for a, b in PAIRS])
+def test_backends_agree_through_cache(pair, cache):
+    """Prefill, then two one-token steps with the cache each backend returned: logits and caches agree across
+    frameworks at every step, as legacy tuples or as a preallocated KVCache (returned as a KVCache)."""
+    config = make_config("mistral")
+    params = reference.random_params(config, "lm", seed=19)
+    ids, mask = padded_batch(config, "left")
+    extra = np.random.default_rng(20).integers(1, config.vocab_size - 1, (ids.shape[0], 2))
+    T, S_max = ids.shape[1], ids.shape[1] + extra.shape[1]
+    steps = {}
+    for name in pair:
+        b = backend_adapter(name)
+        model = b.build("lm", config, params)
+        out = b.forward(model, "lm", input_ids=ids, attention_mask=mask, use_cache=True)
+        past = out["past_key_values"] if cache == "legacy" else kv_cache_arrays(as_legacy(out["past_key_values"]), S_max)
+        steps[name] = [out]
+        for t in range(extra.shape[1]):
+            step_mask = np.concatenate([mask, np.ones((ids.shape[0], t + 1), mask.dtype)], 1)  # (B, length + T)
+            out = b.forward(model, "lm", input_ids=extra[:, t : t + 1], attention_mask=step_mask, past_key_values=past,
+                            use_cache=True)
+            past = out["past_key_values"]
+            if cache == "kvcache":
+                assert hasattr(past, "to_legacy"), f"{name}: a KVCache passed in comes back as {type(past).__name__}"
+                assert past.length == T + t + 1 and past.key[0].shape[2] == S_max, (name, past.length, past.key[0].shape)
+            steps[name].append(out)
+    a, b = pair
+    for i, (x, y) in enumerate(zip(steps[a], steps[b], strict=True)):
+        assert assert_same_outputs(x, y) == ["logits", "past_key_values"], i
+
+
+# -- reorder_and_upcast_attn in low precision ----------------------------------------------------------------------
+# In fp32 the flag is the same function (scale before or after the product); in fp16/bf16 it keeps the scores and
+# the softmax in float32. Tolerances, max abs difference of last_hidden_state at real (unpadded) positions against
+# the float64 reference run on the same (rounded) weights: fp16 1e-2, bf16 1.5e-1 (observed: fp16 <= 6e-3, bf16
+# <= 5.2e-2 with these seeds; bf16 has 8 significant bits).
+LOW_PRECISION_TOL = {"float16": 1e-2, "bfloat16": 1.5e-1}
+
+
+def _low_precision_weights(params: dict, dtype: str) -> dict:
+    """The weights rounded to `dtype` (kept as float32), so the fp64 reference sees the weights the model holds."""
+    import ml_dtypes
+
+    to = {"float16": np.float16, "bfloat16": ml_dtypes.bfloat16}[dtype]
+    return {k: np.asarray(v).astype(to).astype(np.float32) for k, v in params.items()}
+
+
+def _low_precision_run(backend, config, params, dtype, ids, mask) -> np.ndarray:
+    model = backend.build("base", config, params, dtype=dtype)
+    return backend.forward(model, "base", input_ids=ids, attention_mask=mask)["last_hidden_state"]
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_reorder_and_upcast_attn_low_precision(backend, dtype):
+    """With the flag the low-precision model is within LOW_PRECISION_TOL of the fp64 reference, and the flag changes
+    the result (a backend ignoring it computes exactly what it computes without it)."""
+    on = make_config("mistral")
+    off = make_config("mistral", reorder_and_upcast_attn=False)
+    params = _low_precision_weights(reference.random_params(on, "base", seed=30), dtype)
+    ids, mask = padded_batch(on, "left")
+    real = mask.astype(bool)
+    expected = reference.forward(params, on, ids, attention_mask=mask)["last_hidden_state"]
+    with_flag = _low_precision_run(backend, on, params, dtype, ids, mask)
+    without = _low_precision_run(backend, off, params, dtype, ids, mask)
+    assert maxdiff(with_flag, without) > 0, "reorder_and_upcast_attn changes nothing in " + dtype
+    assert maxdiff(with_flag[real], expected[real]) <= LOW_PRECISION_TOL[dtype]
+
+
+def test_reorder_and_upcast_attn_avoids_fp16_overflow(backend):
+    """Query-key products beyond float16's range (65504): with the flag the scores are formed in float32, so the fp16
+    model stays finite and within LOW_PRECISION_TOL["float16"] of the fp64 reference (without it they overflow, as
+    in transformers)."""
+    config = make_config("mistral")
+    params = reference.random_params(config, "base", seed=31)
+    C = config.n_embd
+    for layer in range(config.n_layer):  # large query and key projections: scores ~1e6
+        w = params[f"h.{layer}.attn.c_attn.weight"].copy()
+        w[:, : 2 * C] *= 300.0
+        params[f"h.{layer}.attn.c_attn.weight"] = w
+    params = _low_precision_weights(params, "float16")
+    ids, mask = padded_batch(config, "left")
+    real = mask.astype(bool)
+    # the precondition, from the reference's own pieces: layer 0's raw q.k exceeds float16's range
+    pos = reference.position_ids_from_attention_mask(mask, ids.shape[1])
+    x = params["wte.weight"][ids].astype(np.float64) + params["wpe.weight"][pos]
+    h = reference.layer_norm(x, params["h.0.ln_1.weight"], params["h.0.ln_1.bias"], config.layer_norm_epsilon)
+    qkv = h @ params["h.0.attn.c_attn.weight"] + params["h.0.attn.c_attn.bias"]
+    q, k = qkv[..., :C], qkv[..., C : 2 * C]
+    H = config.head_dim
+    raw = np.einsum("btnh,bsnh->bnts", q.reshape(*q.shape[:2], -1, H), k.reshape(*k.shape[:2], -1, H))
+    assert np.abs(raw).max() > np.finfo(np.float16).max
+    expected = reference.forward(params, config, ids, attention_mask=mask)["last_hidden_state"]
+    got = _low_precision_run(backend, config, params, "float16", ids, mask)
+    assert np.isfinite(got[real]).all()
+    assert maxdiff(got[real], expected[real]) <= LOW_PRECISION_TOL["float16"]
 
 
 @pytest.mark.parametrize("head", HEADS)
@@ -233,8 +372,8 @@ def test_checkpoint_loads_in_every_backend(backend, target, tmp_path):
     config = make_config("default")
     params = reference.random_params(config, "lm", seed=12)
     backend.save(backend.build("lm", config, params), tmp_path)
-    loaded = backend_module(target).load("lm", tmp_path)
-    back = backend_module(target).canonical(loaded)
+    loaded = backend_adapter(target).load("lm", tmp_path)
+    back = backend_adapter(target).canonical(loaded)
     for k in params:
         np.testing.assert_array_equal(back[k], params[k], err_msg=k)
 

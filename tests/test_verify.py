@@ -1,5 +1,5 @@
-"""gpt2-verify: the harness that loads one checkpoint in every backend and the NumPy reference and compares logits,
-cached-vs-uncached decoding and greedy tokens for every pair. CI runs it on every backend pair here."""
+"""gpt2-verify (gpt2_apps.verify): the harness that loads one checkpoint in every backend and the NumPy reference and
+compares logits, cached-vs-uncached decoding and greedy tokens for every pair. CI runs it on every backend pair here."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from conftest import REPO, make_config
+from gpt2_apps.verify import verify_model, verify_pair
 from gpt2_core import naming, reference
-from gpt2_core.hub import read_safetensors, save_safetensors
-from weights_convert.verify import verify_model, verify_pair
+from weights_convert.formats.safetensors import read_safetensors, save_safetensors
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,7 @@ def test_every_backend_pair_agrees(checkpoint):
 
 
 def test_cli_json_and_exit_status(checkpoint):
-    r = run("-m", "weights_convert.verify", str(checkpoint), "--backends", "torch,flax", "--json")
+    r = run("-m", "gpt2_apps.verify", str(checkpoint), "--backends", "torch,flax", "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["ok"] is True
 
@@ -57,7 +57,7 @@ def test_corrupted_weights_fail_loudly(checkpoint, tmp_path):
     state["transformer.h.1.mlp.c_fc.weight"][3, 5] = np.nan
     save_safetensors(state, tmp_path)
     (tmp_path / "config.json").write_text((checkpoint / "config.json").read_text())
-    r = run("-m", "weights_convert.verify", str(tmp_path), "--backends", "torch")
+    r = run("-m", "gpt2_apps.verify", str(tmp_path), "--backends", "torch")
     assert r.returncode == 1, r.stdout + r.stderr
     assert "FAIL" in r.stdout
 
@@ -66,14 +66,15 @@ def test_truncated_file_is_a_clear_error(checkpoint, tmp_path):
     data = (checkpoint / "model.safetensors").read_bytes()
     (tmp_path / "model.safetensors").write_bytes(data[: len(data) // 3])
     (tmp_path / "config.json").write_text((checkpoint / "config.json").read_text())
-    r = run("-m", "weights_convert.verify", str(tmp_path), "--backends", "torch")
+    r = run("-m", "gpt2_apps.verify", str(tmp_path), "--backends", "torch")
     assert r.returncode == 2 and "error" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_convert_then_verify_pair(checkpoint, tmp_path):
-    """gpt2-convert --verify: h5 output holds the same tensors and passes the harness."""
+    """gpt2-convert --verify (= gpt2 convert --verify): h5 output holds the same tensors and passes the harness."""
     out = tmp_path / "h5"
-    r = run("-m", "weights_convert.cli", str(checkpoint), "-o", str(out), "--to", "tf", "--verify", "-q")
+    r = run("-m", "gpt2_apps.cli", "convert", str(checkpoint), "-o", str(out), "--to", "tf", "--verify", "--no-progress")
     assert r.returncode == 0, r.stderr
+    assert "PASSED" in r.stderr and "source-converted" in r.stderr, r.stderr  # the verification ran
     report = verify_pair(checkpoint, out, backends=("torch",))
     assert report.ok and report.pairs["source-converted"]["max_relative_tensor_diff"] == 0.0

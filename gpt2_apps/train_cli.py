@@ -2,7 +2,10 @@
 
     gpt2 train --backend torch --data ../shared/corpus/shakespeare --model gpt2 \\
         --set n_layer=4 --set n_embd=128 --set n_head=4 --block-size 128 --batch-size 16 --max-steps 2000 -o out/
-    torchrun --nproc_per_node 2 -m gpt2_core.train_cli --backend torch ...     # data parallel (DDP)
+    torchrun --nproc_per_node 2 -m gpt2_apps.train_cli --backend torch ...     # data parallel (DDP)
+
+The loop is `gpt2_core.training`'s; the backend (gpt2_apps.backends) supplies its step. Prints the final metrics as
+one JSON line. Exit status: gpt2_apps.errors (2 bad flags or data, 1 failure, 130 Ctrl-C; -v shows tracebacks).
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import logging
 import sys
 from typing import Sequence
 
+from gpt2_apps.backends import BACKENDS, get_backend
+from gpt2_apps.errors import EXIT_OK, UsageError, run_command
 from gpt2_core.training import TrainConfig
 
 
@@ -21,7 +26,7 @@ def _parse_set(items: Sequence[str]) -> dict:
     out = {}
     for item in items:
         if "=" not in item:
-            raise ValueError(f"--set expects KEY=VALUE. Received: {item!r}.")
+            raise UsageError(f"--set expects KEY=VALUE. Received: --set {item!r}. Example: --set n_layer=4.")
         key, value = item.split("=", 1)
         try:
             out[key] = ast.literal_eval(value)
@@ -33,7 +38,7 @@ def _parse_set(items: Sequence[str]) -> dict:
 def build_parser() -> argparse.ArgumentParser:
     d = TrainConfig()
     p = argparse.ArgumentParser(prog="gpt2 train", description="Train or fine-tune GPT-2 on text files.")
-    p.add_argument("--backend", choices=("torch", "tf", "flax"), default="torch")
+    p.add_argument("--backend", choices=BACKENDS, default="torch")
     p.add_argument("--data", nargs="+", required=True, help="text files or directories")
     p.add_argument("-o", "--output-dir", default=d.output_dir)
     p.add_argument("--model", default=d.model, help="preset (gpt2, gpt2-medium, ...), config.json, or a model dir to fine-tune")
@@ -45,13 +50,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dropout", type=float, default=None)
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output-dir")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging; show the traceback of an error")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
+    args = build_parser().parse_args(argv)  # exits 2 with a usage message on bad arguments
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    def run() -> int:
         tc = TrainConfig(
             data=args.data, output_dir=args.output_dir, model=args.model, overrides=_parse_set(args.set),
             block_size=args.block_size, batch_size=args.batch_size, max_steps=args.max_steps,
@@ -60,21 +67,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             min_lr_ratio=args.min_lr_ratio, weight_decay=args.weight_decay, beta1=args.beta1, beta2=args.beta2,
             grad_clip=args.grad_clip, eval_fraction=args.eval_fraction, dropout=args.dropout, resume=args.resume,
         )
-        if args.backend == "torch":
-            from gpt2_torch.training import train
-        elif args.backend == "tf":
-            from gpt2_tf.training import train
-        else:
-            from gpt2_flax.training import train_lm as train
-        result = train(tc, progress=not args.no_progress)
-    except (ValueError, FileNotFoundError) as e:
-        sys.stderr.write(f"gpt2 train: error: {e}\n")
-        return 2
-    except ImportError as e:
-        sys.stderr.write(f"gpt2 train: error: the {args.backend} backend is not available ({e}).\n")
-        return 2
-    sys.stdout.write(json.dumps(result) + "\n")
-    return 0
+        result = get_backend(args.backend).require().train(tc, progress=not args.no_progress)
+        sys.stdout.write(json.dumps(result) + "\n")
+        return EXIT_OK
+
+    return run_command("gpt2 train", run, args.verbose)
 
 
 if __name__ == "__main__":
