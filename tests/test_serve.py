@@ -427,6 +427,7 @@ def _chromium():
 )
 def test_page_in_browser_streams_suggestions(small_server, tmp_path):
     from selenium import webdriver
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -439,16 +440,17 @@ def test_page_in_browser_streams_suggestions(small_server, tmp_path):
     driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver_path))
     try:
         driver.get(small_server.url + "/")
-        wait = WebDriverWait(driver, 30)
+        wait = WebDriverWait(driver, 30, ignored_exceptions=(StaleElementReferenceException,))
         wait.until(lambda d: "torch" in d.find_element(By.ID, "serving").text)
         driver.find_element(By.ID, "auto").click()  # suggest on demand only
         editor = driver.find_element(By.ID, "editor")
         editor.clear()
         editor.send_keys("JULIET:")
         driver.find_element(By.ID, "suggest").click()
-        buttons = (By.CSS_SELECTOR, "#suggestions button")
-        wait.until(lambda d: len(d.find_elements(*buttons)) == 3
-                   and all(b.text not in ("", "…") for b in d.find_elements(*buttons)))
+        # Read the suggestion texts in one script call: the page re-renders the buttons as text streams in, so
+        # element handles taken in one call can be stale by the next.
+        texts = "return Array.from(document.querySelectorAll('#suggestions button')).map(b => b.textContent.trim())"
+        wait.until(lambda d: len(t := d.execute_script(texts)) == 3 and all(x not in ("", "…") for x in t))
         wait.until(lambda d: d.find_element(By.ID, "stop").get_attribute("disabled"))  # the stream finished
         first = driver.execute_script("return state.texts[0]")
         artifacts = Path(os.environ.get("GPT2_TEST_ARTIFACTS", tmp_path))
