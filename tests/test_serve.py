@@ -440,7 +440,7 @@ def test_page_in_browser_streams_suggestions(small_server, tmp_path):
     driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver_path))
     try:
         driver.get(small_server.url + "/")
-        wait = WebDriverWait(driver, 30, ignored_exceptions=(StaleElementReferenceException,))
+        wait = WebDriverWait(driver, 90, ignored_exceptions=(StaleElementReferenceException,))
         wait.until(lambda d: "torch" in d.find_element(By.ID, "serving").text)
         driver.find_element(By.ID, "auto").click()  # suggest on demand only
         editor = driver.find_element(By.ID, "editor")
