@@ -19,14 +19,7 @@ import transformers  # a dev dependency: the second oracle
 transformers.logging.set_verbosity_error()
 
 CACHED_HEADS = ("base", "lm", "double", "seqcls")  # the heads that return past_key_values (tokcls, qa: none)
-HF_CLASSES = {
-    "base": "GPT2Model",
-    "lm": "GPT2LMHeadModel",
-    "double": "GPT2DoubleHeadsModel",
-    "qa": "GPT2ForQuestionAnswering",
-    "seqcls": "GPT2ForSequenceClassification",
-    "tokcls": "GPT2ForTokenClassification",
-}
+HF_CLASSES = naming.ARCHITECTURES  # transformers' class of each head
 
 
 def build(head, config, seed=0):

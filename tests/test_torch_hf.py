@@ -16,14 +16,7 @@ import gpt2_torch
 import transformers  # a dev dependency: installed in CI
 transformers.logging.set_verbosity_error()
 
-CLASSES = {
-    "base": "GPT2Model",
-    "lm": "GPT2LMHeadModel",
-    "double": "GPT2DoubleHeadsModel",
-    "qa": "GPT2ForQuestionAnswering",
-    "seqcls": "GPT2ForSequenceClassification",
-    "tokcls": "GPT2ForTokenClassification",
-}
+CLASSES = naming.ARCHITECTURES  # transformers' class of each head
 
 
 def hf_model(head: str, config_name: str, tmp_path, seed: int = 0, **save_kwargs):
