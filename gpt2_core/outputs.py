@@ -108,3 +108,41 @@ OUTPUT_CLASSES = (
     SequenceClassifierOutputWithPast,
     TokenClassifierOutput,
 )
+
+
+@dataclass
+class GenerateDecoderOnlyOutput(ModelOutput):
+    """`generate(..., return_dict_in_generate=True)` for greedy decoding and sampling (transformers' class).
+
+    sequences: (B * num_return_sequences, T + steps) ids. scores: per step the processed scores (B', V) that chose
+    the token (`output_scores`); logits: per step the raw logits (`output_logits`). Steps after a row finished hold
+    what the model computed for its padding, as in transformers.
+    """
+
+    sequences: Any = None
+    scores: Any = None
+    logits: Any = None
+    attentions: Any = None
+    hidden_states: Any = None
+    past_key_values: Any = None
+
+
+@dataclass
+class GenerateBeamDecoderOnlyOutput(ModelOutput):
+    """`generate(..., num_beams > 1, return_dict_in_generate=True)` (transformers' class).
+
+    sequences: (B * num_return_sequences, T + steps); sequences_scores: (B * num_return_sequences,) the final beam
+    scores (sum of log-probabilities / generated_length ** length_penalty; with `output_scores`); scores: per step
+    the processed log-probabilities (B * num_beams, V) (`output_scores`); logits: per step the raw logits
+    (`output_logits`); beam_indices: (B * num_return_sequences, steps) the flat beam index (b * num_beams + beam)
+    each token came from, -1 after the end (always set, as in transformers v5).
+    """
+
+    sequences: Any = None
+    sequences_scores: Any = None
+    scores: Any = None
+    logits: Any = None
+    beam_indices: Any = None
+    attentions: Any = None
+    hidden_states: Any = None
+    past_key_values: Any = None

@@ -244,7 +244,7 @@ def test_process_logits_matches_transformers(temperature, top_k, top_p):
     "kwargs, message",
     [
         (dict(max_new_tokens=0), "max_new_tokens must be a positive integer"),
-        (dict(temperature=0.0), "temperature must be > 0"),
+        (dict(temperature=0.0, do_sample=True), "temperature must be > 0"),
         (dict(top_p=1.5), r"top_p must be in \(0, 1\]"),
         (dict(top_k=-1), "top_k must be a non-negative integer"),
         (dict(max_new_tokens=30), "exceeds n_positions=24"),

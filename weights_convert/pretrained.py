@@ -23,6 +23,7 @@ import numpy as np
 
 from gpt2_core import hub, naming, reference
 from gpt2_core.config import GPT2Config
+from gpt2_core.generation_config import GenerationConfig
 from weights_convert import formats
 from weights_convert.formats.base import dtype_name
 from weights_convert.formats.safetensors import save_safetensors
@@ -40,6 +41,8 @@ class Pretrained:
         head: The head it was read for.
         missing_head_keys: Head keys the checkpoint lacked, newly initialised in `canonical`.
         path: The weights file read (a shard index for sharded checkpoints).
+        generation_config: The checkpoint's `generation_config.json`, else the model config's defaults
+            (`GenerationConfig.from_model_config`), as transformers attaches it.
     """
 
     config: GPT2Config
@@ -47,6 +50,7 @@ class Pretrained:
     head: str
     missing_head_keys: list[str] = field(default_factory=list)
     path: Path | None = None
+    generation_config: GenerationConfig | None = None
 
 
 def load_pretrained(
@@ -97,7 +101,11 @@ def load_pretrained(
             seed = int(np.random.default_rng().integers(0, 2**31 - 1))
         init = reference.init_params(config, head, int(seed))
         canonical.update({k: init[k] for k in missing})
-    return Pretrained(config=config, canonical=canonical, head=head, missing_head_keys=missing, path=path)
+    generation_config = GenerationConfig.from_pretrained_or_model_config(name_or_path, config, **hub_kwargs)
+    return Pretrained(
+        config=config, canonical=canonical, head=head, missing_head_keys=missing, path=path,
+        generation_config=generation_config,
+    )
 
 
 def save_pretrained(
@@ -107,8 +115,10 @@ def save_pretrained(
     head: str,
     *,
     max_shard_size: int | str | None = None,
+    generation_config: GenerationConfig | None = None,
 ) -> list[Path]:
-    """Write `config.json` + `model.safetensors` (sharded above `max_shard_size`) that transformers loads.
+    """Write `config.json` + `model.safetensors` (sharded above `max_shard_size`) that transformers loads, and
+    `generation_config.json` when `generation_config` is given.
 
     config.json gets `architectures = [naming.ARCHITECTURES[head]]` (the class transformers builds, whatever the
     framework that saved it) and `dtype`, the dtype the file holds. Files are written one by one, atomically, into
@@ -123,4 +133,7 @@ def save_pretrained(
     if canonical:
         out_config.extra["dtype"] = dtype_name(np.asarray(next(iter(canonical.values()))).dtype)
     files = save_safetensors(naming.to_hub_state_dict(canonical, head), directory, max_shard_size=max_shard_size)
-    return files + [out_config.save_pretrained(directory)]
+    files = files + [out_config.save_pretrained(directory)]
+    if generation_config is not None:
+        files.append(generation_config.save_pretrained(directory))
+    return files
