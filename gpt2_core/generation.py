@@ -4,9 +4,10 @@
   keywords resolve, once, into the frozen `GenerationSettings` (`resolve_generation`), with the same errors in
   every backend. Strategies: greedy (first maximum), sampling, beam search (`num_beams > 1`) and beam sampling.
 * Logits processors: transformers v5's semantics, in `PROCESSOR_ORDER`; only `GenerationSettings.processors` run.
-  They see what transformers' processors see: the caller's prompt columns as given (its padding tokens included,
-  e.g. a repetition penalty also hits the pad id, as in transformers) followed by the generated tokens, never the
-  extra bucket padding of the decoding plan (backends keep a `start` offset for it). Removed tokens get -inf, as
+  They see what transformers' processors see: the caller's prompt columns as given followed by the generated
+  tokens, never the extra bucket padding of the decoding plan (backends keep a `start` offset for it). The
+  repetition penalty skips each row's leading (left) padding, as transformers v5 does (`prompt_ignore_length`
+  from the attention mask); right padding and pads in the middle are penalised, as there. Removed tokens get -inf, as
   in transformers, so `output_scores` compare equal; the sampling warpers always keep `min_tokens_to_keep`.
   Greedy and sampling process the raw logits; beam search processes `log_softmax(logits)` (transformers' order).
 * Beam search: transformers v5's vectorized algorithm (`GenerationMixin._beam_search`), which has fixed shapes and
@@ -73,8 +74,8 @@ class GenerationSettings:
     Length (in tokens of the caller's prompt of T columns, padding included, as transformers counts):
         prompt_length: T.
         max_new_tokens: N >= 1; `max_length` = T + N (transformers' `max_length` after its resolution).
-        min_new_tokens: eos ids are suppressed while fewer than this many tokens were generated (0: off); both of
-            transformers' `min_length` (minus T) and `min_new_tokens`, whichever is larger.
+        min_new_tokens: eos ids are suppressed while fewer than this many tokens were generated (0: off):
+            transformers' `min_new_tokens` when set (it replaces `min_length`), else `min_length - T`.
     Strategy:
         do_sample, num_beams (1: greedy or sampling), num_return_sequences (rows per prompt in the output),
         length_penalty, early_stopping (True, False or "never": transformers' beam semantics).
@@ -312,7 +313,8 @@ def resolve_generation(
         value = getattr(gc, name)
         if value is not None and (not isinstance(value, (int, np.integer)) or value < 0):
             raise _field_error(name, value, "must be a non-negative integer", f"Pass e.g. {name}=5, or 0 for none.")
-    min_new = max((gc.min_length or 0) - T, gc.min_new_tokens or 0, 0)
+    # transformers: min_new_tokens, when set, replaces min_length (min_length = T + min_new_tokens)
+    min_new = gc.min_new_tokens if gc.min_new_tokens is not None else max((gc.min_length or 0) - T, 0)
     if min_new > N:
         raise ValueError(
             f"min_new_tokens exceeds max_new_tokens. Received: min_new_tokens={min_new} (from "
@@ -449,47 +451,27 @@ def check_stop_strings(settings: GenerationSettings, tokenizer: Any) -> None:
 
 
 def process_logits(logits: np.ndarray, gen: GenerationConfig) -> np.ndarray:
-    """Temperature, top-k, top-p on (B, V) logits: the reference each backend's sampler follows."""
-    x = np.asarray(logits, dtype=np.float64) / gen.temperature
-    fill = np.finfo(x.dtype).min
-    if gen.top_k is not None and gen.top_k < x.shape[-1]:
-        kth = np.sort(x, axis=-1)[:, -gen.top_k][:, None]
-        x = np.where(x < kth, fill, x)
-    if gen.top_p is not None:
-        order = np.argsort(-x, axis=-1, kind="stable")
-        sorted_x = np.take_along_axis(x, order, -1)
-        probs = np.exp(sorted_x - sorted_x[:, :1])
-        probs /= probs.sum(-1, keepdims=True)
-        cum = np.cumsum(probs, -1)
-        # keep a token if the mass before it is still below top_p (so the first token is always kept)
-        keep_sorted = (cum - probs) < gen.top_p
-        keep = np.zeros_like(keep_sorted)
-        np.put_along_axis(keep, order, keep_sorted, -1)
-        x = np.where(keep, x, fill)
+    """Temperature, top-k, top-p on (B, V) logits (float64; removed tokens -inf): the sampling warpers of
+    `gpt2_core.logits_process`, for a GenerationConfig or GenerationSettings (top_k 0 / None and top_p >= 1 are off)."""
+    from gpt2_core import logits_process
+
+    x = logits_process.temperature(np.asarray(logits, dtype=np.float64), gen.temperature)
+    if gen.top_k:
+        x = logits_process.top_k(x, gen.top_k)
+    if gen.top_p is not None and gen.top_p < 1.0:
+        x = logits_process.top_p(x, gen.top_p)
     return x
 
 
-def reference_greedy(params, config: GPT2Config, input_ids: np.ndarray, attention_mask: np.ndarray | None, gen: GenerationConfig) -> np.ndarray:
-    """Greedy decoding with gpt2_core.reference (float64, uncached): the oracle for every backend's generate."""
-    from gpt2_core import reference
+def reference_greedy(params, config: GPT2Config, input_ids: np.ndarray, attention_mask: np.ndarray | None, gen: GenerationSettings) -> np.ndarray:
+    """Greedy decoding with gpt2_core.reference (float64, uncached), every processor of `gen` included: the oracle
+    for every backend's generate (`gpt2_core.generation_reference.reference_generate`, sequences only)."""
+    import dataclasses
 
-    ids = np.asarray(input_ids)
-    B = ids.shape[0]
-    mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask)
-    done = np.zeros(B, dtype=bool)
-    steps = []
-    for _ in range(gen.max_new_tokens):
-        h = reference.forward(params, config, ids, attention_mask=mask)["last_hidden_state"][:, -1:]
-        logits = reference.lm_logits(params, config, h)[:, -1]
-        nxt = np.argmax(logits, -1)
-        nxt = np.where(done, gen.pad_token_id, nxt)
-        steps.append(nxt)
-        done |= np.isin(nxt, gen.eos_token_id)
-        ids = np.concatenate([ids, nxt[:, None]], 1)
-        mask = np.concatenate([mask, np.ones((B, 1), mask.dtype)], 1)
-        if done.all():
-            break
-    return ids
+    from gpt2_core.generation_reference import reference_generate
+
+    settings = dataclasses.replace(gen, do_sample=False, num_beams=1, num_return_sequences=1)
+    return reference_generate(params, config, input_ids, attention_mask, settings)["sequences"]
 
 
 class StopStringMatcher:
