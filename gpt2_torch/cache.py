@@ -111,6 +111,16 @@ class KVCache:
         """A new cache of these buffers whose length is `length + steps`."""
         return KVCache(key=tuple(key), value=tuple(value), length=self.length + steps)
 
+    def reorder(self, beam_idx: torch.Tensor) -> "KVCache":
+        """A cache whose row i is row `beam_idx[i]` of this one (beam search), in NEW buffers: the buffers are
+        written in place by `update`, so rows gathered into views would alias each other."""
+        index = beam_idx.to(device=self.key[0].device, dtype=torch.long)
+        return KVCache(
+            key=tuple(k.index_select(0, index) for k in self.key),
+            value=tuple(v.index_select(0, index) for v in self.value),
+            length=self.length,
+        )
+
     @property
     def max_length(self) -> int:
         """S_max: slots per layer."""

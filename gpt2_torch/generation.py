@@ -1,143 +1,411 @@
-"""Cached decoding for gpt2_torch: one prefill, then one token per step through a preallocated `KVCache`.
+"""Cached decoding for gpt2_torch: transformers v5's `generate` for GPT-2 (greedy, sampling, beam search, beam
+sampling) on one prefill and a preallocated `KVCache`.
 
-Follows gpt2_core.generation: argument checks (`make_generation_config`), the decoding plan (`plan_decoding`: the
-prompt is left-padded to a bucket and the cache holds `plan.cache_length` slots, `pad_prompt` builds the
-whole-buffer mask), the logit processing order, stopping, padding and trimming. Position ids of left-padded prompts
-follow gpt2_core.reference. Every step has the same shapes (a one-token input, the (B, S_max) mask, the same
-buffers), so `torch.compile` can take the step later.
+Follows gpt2_core.generation: the arguments resolve once (`resolve_generation`: the model's `generation_config`,
+the caller's `generation_config`, then keywords), the decoding plan (`plan_decoding`: the prompt is left-padded to
+a bucket and the cache holds `plan.cache_length` slots, `pad_prompt` builds the whole-buffer mask), the processor
+order (`gpt2_torch.logits_process`), stopping, padding and trimming. Position ids of left-padded prompts follow
+gpt2_core.reference. Every step has the same shapes (a one-token input, the (B, S_max) mask, the same buffers).
 
-The loop never reads the device on the host per step: the model's step skips its host-reading input checks
-(`GPT2LMHeadModel._decode_step`), and with eos ids the "every row finished" test is read only every
-`STOP_CHECK_EVERY` steps; steps run past the end are cut off (they only add padding). Dropout is off for the call
-without changing the model's train/eval mode.
+The processors see a token history `seqs` (B, T + N): the caller's prompt columns as given, then the generated
+ids, never the plan's extra padding. Prompts are expanded to `max(num_beams, num_return_sequences)` rows each
+(`repeat_interleave`, as transformers).
+
+Greedy and sampling never read the device on the host per step: the model's step skips its host-reading input
+checks (`GPT2LMHeadModel._decode_step`) and the "every row finished" test is read only every `STOP_CHECK_EVERY`
+steps; steps run past the end are cut off (they only add padding). A streamer or stop strings need the tokens on
+the host, so they read every step (as transformers does). Sampling draws with `torch.multinomial` from torch's
+global RNG, exactly as transformers does (same seed, same weights: same tokens), unless `seed=` or `generator=`
+is given. Beam search is transformers v5's vectorized `_beam_search`, step for step; the cache is reordered by
+beam into new buffers (`KVCache.reorder`: the buffers are written in place). Dropout is off for the call without
+changing the model's train/eval mode.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 
 from gpt2_core import checks
-from gpt2_core.generation import GenerationConfig, make_generation_config, pad_prompt, plan_decoding
+from gpt2_core.generation import (
+    GenerationConfig,
+    GenerationSettings,
+    StopStringMatcher,
+    check_stop_strings,
+    infer_attention_mask,
+    pad_prompt,
+    plan_decoding,
+    resolve_generation,
+)
+from gpt2_core.logits_process import padding_lengths
+from gpt2_core.outputs import GenerateBeamDecoderOnlyOutput, GenerateDecoderOnlyOutput
 from gpt2_torch.cache import KVCache
+from gpt2_torch.logits_process import apply_processors, processor_values
+
+logger = logging.getLogger(__name__)
 
 # How often (in steps) the loop reads "has every row finished?" on the host: rarer means fewer device syncs, at
 # the cost of up to this many - 1 steps computed after the end (their tokens are padding and are cut off).
 STOP_CHECK_EVERY = 8
 
-
-def process_logits(logits: torch.Tensor, gen: GenerationConfig) -> torch.Tensor:
-    """gpt2_core.generation.process_logits in torch: temperature, top-k, top-p on (B, V) float32 logits."""
-    x = logits.float() / gen.temperature
-    fill = torch.finfo(x.dtype).min
-    if gen.top_k is not None and gen.top_k < x.shape[-1]:
-        kth = torch.topk(x, gen.top_k, dim=-1).values[:, -1:]
-        x = x.masked_fill(x < kth, fill)
-    if gen.top_p is not None:
-        sorted_x, order = torch.sort(x, dim=-1, descending=True, stable=True)
-        probs = torch.softmax(sorted_x, dim=-1)
-        keep_sorted = (torch.cumsum(probs, -1) - probs) < gen.top_p
-        keep = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
-        x = x.masked_fill(~keep, fill)
-    return x
+StoppingCriterion = Callable[[torch.Tensor, torch.Tensor], Any]
 
 
 def generate(
     model,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None = None,
+    generation_config: GenerationConfig | None = None,
     *,
-    max_new_tokens: int | None = None,
-    max_length: int | None = None,
-    do_sample: bool = False,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    eos_token_id: int | list[int] | None = None,
-    pad_token_id: int | None = None,
+    logits_processor: Sequence[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] | None = None,
+    stopping_criteria: Sequence[StoppingCriterion] | None = None,
+    streamer: Any = None,
+    tokenizer: Any = None,
     seed: int | None = None,
     generator: torch.Generator | None = None,
-    **unused: Any,
-) -> torch.Tensor:
-    """Generate tokens after `input_ids` (B, T); returns (B, T + generated) like transformers' `generate`.
+    **kwargs: Any,
+) -> torch.Tensor | GenerateDecoderOnlyOutput | GenerateBeamDecoderOnlyOutput:
+    """Generate tokens after `input_ids` (B, T), as transformers' `generate`: returns (B * num_return_sequences,
+    T + generated) ids, or with `return_dict_in_generate=True` a `GenerateDecoderOnlyOutput` (greedy, sampling) or
+    `GenerateBeamDecoderOnlyOutput` (beam search).
 
     Args:
-        model: A GPT2LMHeadModel (its train/eval mode is left as it is; dropout is off while generating).
+        model: A GPT2LMHeadModel (its train/eval mode is left as it is; dropout is off while generating). Its
+            `generation_config` is the base the call's settings start from.
         input_ids: Prompt ids; a batch of different lengths is left-padded, with `attention_mask`.
-        attention_mask: (B, T) 1 for tokens, 0 for padding.
-        max_new_tokens: Tokens to add (default 20); `max_length` (prompt + new) is the older form.
-        do_sample: Sample (with temperature / top_k / top_p) instead of greedy.
-        eos_token_id: Stops a row; default: the config's.
-        pad_token_id: Written after a row stopped; default: the config's pad, else eos.
+        attention_mask: (B, T) 1 for tokens, 0 for padding. Without it, transformers' rule infers one from
+            `pad_token_id` (`gpt2_core.generation.infer_attention_mask`; its warning is logged).
+        generation_config: A `GenerationConfig`; its non-default fields override the model's.
+        logits_processor: transformers-style callables `f(input_ids, scores) -> scores` (a transformers
+            `LogitsProcessorList` works), applied after the built-in processors and before the sampling warpers.
+        stopping_criteria: Callables `f(input_ids, scores) -> bool tensor (B,)` (transformers' `StoppingCriteria`):
+            a row whose criterion is True is finished.
+        streamer: `put(prompt_ids)`, `put(step_tokens)` per step, `end()` (transformers' protocol, e.g.
+            `transformers.TextStreamer`); not with beam search.
+        tokenizer: Needed by `stop_strings`.
         seed: Seeds the sampler (a fresh `torch.Generator`), for reproducible sampling.
-        generator: Or pass a generator.
+        generator: Or pass a generator. Without either, sampling draws from torch's global RNG as transformers does.
+        **kwargs: Any `GenerationConfig` field (`max_new_tokens`, `do_sample`, `num_beams`, `top_p`, ...).
     """
-    if unused:
-        raise TypeError(f"generate() got unsupported arguments. Received: {sorted(unused)}.")
+    input_ids = torch.as_tensor(input_ids)
     if input_ids.dim() == 1:
         input_ids = input_ids[None]
     B, T = input_ids.shape
-    gen = make_generation_config(
-        model.config, T, max_new_tokens=max_new_tokens, max_length=max_length, do_sample=do_sample,
-        temperature=temperature, top_k=top_k, top_p=top_p, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
-        seed=seed,
+    custom = list(logits_processor or ())
+    criteria = list(stopping_criteria or ())
+    settings = resolve_generation(
+        model.config, T, generation_config, model_generation_config=getattr(model, "generation_config", None),
+        has_custom_processors=bool(custom), seed=seed, **kwargs,
     )
+    check_stop_strings(settings, tokenizer)
+    if settings.is_beam and settings.stop_strings:
+        raise ValueError(
+            f"stop_strings are not implemented with beam search. Received: stop_strings="
+            f"{list(settings.stop_strings)}, num_beams={settings.num_beams}. Use num_beams=1, or cut the text after."
+        )
+    if settings.is_beam and streamer is not None:
+        raise ValueError(
+            f"A streamer cannot be used with beam search (as in transformers). Received: num_beams="
+            f"{settings.num_beams}, streamer={type(streamer).__name__}. Set num_beams=1 to stream."
+        )
+    for f in custom + criteria:
+        if not callable(f):
+            raise TypeError(
+                f"logits_processor and stopping_criteria hold callables f(input_ids, scores). Received: "
+                f"{type(f).__name__}. Pass e.g. transformers' LogitsProcessorList / StoppingCriteriaList items."
+            )
     device = model.device
-    input_ids = input_ids.to(device)
-    if gen.do_sample and generator is None:
-        generator = torch.Generator(device=device)
-        generator.manual_seed(gen.seed if gen.seed is not None else int(torch.randint(0, 2**31 - 1, ()).item()))
-    with torch.inference_mode():
-        generated = _decode(model, input_ids, attention_mask, gen, generator)  # (B, steps)
-    # Outside inference mode, so the result is an ordinary tensor (usable later in autograd, e.g. as labels).
-    return torch.cat([input_ids, generated], dim=1)
-
-
-def _decode(
-    model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, gen: GenerationConfig,
-    generator: torch.Generator | None,
-) -> torch.Tensor:
-    """Prefill and decode on gpt2_core.generation's plan; returns the generated columns (B, steps)."""
-    B, T = input_ids.shape
-    device = input_ids.device
-    plan = plan_decoding(model.config, B, T, gen.max_new_tokens)
-    mask = None if attention_mask is None else attention_mask.detach().cpu().numpy()
     prompt = input_ids.cpu().numpy()
     # The forward's checks on the caller's prompt, once (the decode steps run unchecked).
     checks.check_model_inputs(
         model.config, input_ids=prompt, input_shape=prompt.shape, inputs_embeds_shape=None,
-        attention_mask_shape=None if mask is None else mask.shape, position_ids=None, position_ids_shape=None,
-        token_type_ids_shape=None, past_length=0,
+        attention_mask_shape=None if attention_mask is None else tuple(attention_mask.shape), position_ids=None,
+        position_ids_shape=None, token_type_ids_shape=None, past_length=0,
     )
-    ids, mask = pad_prompt(plan, prompt, mask)  # (B, Tb), (B, S_max)
-    ids = torch.from_numpy(ids).to(device=device, dtype=input_ids.dtype)
-    mask = torch.from_numpy(mask).to(device=device, dtype=input_ids.dtype)
-    cache = KVCache.init(model.config, B, plan.cache_length, dtype=model.dtype, device=device)
-    eos = torch.tensor(gen.eos_token_id or [-1], device=device)
-    check_stop = bool(gen.eos_token_id)  # without eos no row ever finishes: never read `done`
-    logits, cache = model._decode_step(ids, cache, mask)  # prefill
-    done = torch.zeros(B, dtype=torch.bool, device=device)
-    tokens, all_done = [], []
-    for step in range(gen.max_new_tokens):
-        if gen.do_sample:
-            probs = torch.softmax(process_logits(logits, gen), dim=-1)
-            nxt = torch.multinomial(probs, 1, generator=generator)[:, 0]
+    if attention_mask is None:
+        mask, warning = infer_attention_mask(prompt, settings.pad_token_id, settings.eos_token_id)
+        if warning:
+            logger.warning(warning)
+    else:
+        mask = torch.as_tensor(attention_mask).detach().cpu().numpy().astype(np.int64)
+    expand = max(settings.num_beams, settings.num_return_sequences)  # transformers' expansion of the prompt
+    prompt, mask = np.repeat(prompt, expand, axis=0), np.repeat(mask, expand, axis=0)  # (B', T)
+    ids = torch.as_tensor(prompt, dtype=torch.long).to(device)
+    if streamer is not None:
+        streamer.put(ids.cpu())
+    if settings.do_sample and generator is None and settings.seed is not None:
+        generator = torch.Generator(device=device)
+        generator.manual_seed(settings.seed)
+    # the repetition penalty skips each row's leading padding (transformers v5's `prompt_ignore_length`)
+    values = processor_values(
+        settings, model.config.vocab_size, device, torch.from_numpy(padding_lengths(mask)).to(device)
+    )
+    processors = _Processors(settings, values, custom)
+    with torch.inference_mode():
+        if settings.is_beam:
+            out = _beam_search(model, ids, mask, settings, processors, criteria, generator)
         else:
-            nxt = torch.argmax(logits, dim=-1)
-        nxt = torch.where(done, torch.full_like(nxt, gen.pad_token_id), nxt)
-        tokens.append(nxt)
-        done = done | torch.isin(nxt, eos)
+            matcher = StopStringMatcher(tokenizer, settings.stop_strings) if settings.stop_strings else None
+            out = _sample(model, ids, mask, settings, processors, criteria, generator, streamer, matcher)
+    if streamer is not None:
+        streamer.end()
+    # Outside inference mode, so the results are ordinary tensors (usable later in autograd, e.g. as labels).
+    if isinstance(out, GenerateBeamDecoderOnlyOutput):
+        out.sequences = out.sequences.clone()
+        out.beam_indices = out.beam_indices.clone()
+        out.sequences_scores = None if out.sequences_scores is None else out.sequences_scores.clone()
+    else:
+        out.sequences = torch.cat([ids, out.sequences], dim=1)
+    out.scores = None if out.scores is None else tuple(x.clone() for x in out.scores)
+    out.logits = None if out.logits is None else tuple(x.clone() for x in out.logits)
+    return out if settings.return_dict_in_generate else out.sequences
+
+
+class _Processors:
+    """One call's processors: `(input_ids, scores) -> scores` on the device."""
+
+    def __init__(self, settings: GenerationSettings, values: dict[str, Any], custom: Sequence[Callable]) -> None:
+        self.settings, self.values, self.custom = settings, values, tuple(custom)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        return apply_processors(scores, input_ids, self.settings, self.values, self.custom)
+
+
+def _prefill(model, ids: torch.Tensor, mask: np.ndarray, settings: GenerationSettings):
+    """The plan, the padded prompt through a fresh cache: logits of the last position (B, V), cache, buffer mask."""
+    B, T = ids.shape
+    device = ids.device
+    plan = plan_decoding(model.config, B, T, settings.max_new_tokens)
+    padded, buffer_mask = pad_prompt(plan, ids.cpu().numpy(), mask)  # (B, Tb), (B, S_max)
+    padded = torch.from_numpy(padded).to(device=device, dtype=torch.long)
+    buffer_mask = torch.from_numpy(buffer_mask).to(device=device, dtype=torch.long)
+    cache = KVCache.init(model.config, B, plan.cache_length, dtype=model.dtype, device=device)
+    logits, cache = model._decode_step(padded, cache, buffer_mask)
+    return logits, cache, buffer_mask
+
+
+def _criteria_hits(criteria: Sequence[StoppingCriterion], seqs: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    """OR of the caller's stopping criteria on (R, L) rows: (R,) bool on the device."""
+    hit = torch.zeros(seqs.shape[0], dtype=torch.bool, device=seqs.device)
+    for c in criteria:
+        hit = hit | torch.as_tensor(c(seqs, scores), device=seqs.device).to(torch.bool).expand(seqs.shape[0])
+    return hit
+
+
+def _sample(
+    model, ids: torch.Tensor, mask: np.ndarray, settings: GenerationSettings, processors: _Processors,
+    criteria: Sequence[StoppingCriterion], generator: torch.Generator | None, streamer: Any,
+    matcher: StopStringMatcher | None,
+) -> GenerateDecoderOnlyOutput:
+    """Greedy decoding or sampling (transformers' `_sample`); `sequences` holds the generated columns (B, steps)."""
+    B, T = ids.shape
+    N = settings.max_new_tokens
+    device = ids.device
+    seqs = torch.empty((B, T + N), dtype=torch.long, device=device)  # the processors' token history
+    seqs[:, :T] = ids
+    logits, cache, buffer_mask = _prefill(model, ids, mask, settings)
+    eos = torch.tensor(settings.eos_token_id or (-1,), device=device)
+    has_eos = bool(settings.eos_token_id)  # transformers writes the pad id after the end only with eos ids
+    check_stop = has_eos or bool(criteria) or matcher is not None  # otherwise no row finishes: never read `done`
+    on_host = streamer is not None or matcher is not None  # these read the tokens every step anyway
+    rows = ids.tolist() if matcher is not None else None
+    scores_out: list[torch.Tensor] | None = [] if settings.return_dict_in_generate and settings.output_scores else None
+    logits_out: list[torch.Tensor] | None = [] if settings.return_dict_in_generate and settings.output_logits else None
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    all_done = []
+    steps = 0
+    for step in range(N):
+        cur_len = T + step
+        raw = logits.float()  # (B, V)
+        scores = processors(seqs[:, :cur_len], raw)
+        if scores_out is not None:
+            scores_out.append(scores)
+        if logits_out is not None:
+            logits_out.append(raw)
+        if settings.do_sample:
+            probs = F.softmax(scores, dim=-1)
+            nxt = torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)
+        else:
+            nxt = torch.argmax(scores, dim=-1)
+        if has_eos:
+            nxt = torch.where(done, torch.full_like(nxt, settings.pad_token_id), nxt)
+        seqs[:, cur_len] = nxt
+        steps = step + 1
+        if has_eos:
+            done = done | torch.isin(nxt, eos)
+        if criteria:
+            done = done | _criteria_hits(criteria, seqs[:, : cur_len + 1], scores)
+        if on_host:
+            host = nxt.tolist()
+            if matcher is not None:
+                finished = done.tolist()
+                for i, token in enumerate(host):
+                    rows[i].append(token)
+                    if not finished[i] and matcher.first_stop(rows[i], cur_len) is not None:
+                        finished[i] = True
+                done = torch.tensor(finished, dtype=torch.bool, device=device)
+            if streamer is not None:
+                streamer.put(nxt.cpu())
         all_done.append(done.all())
-        if step == gen.max_new_tokens - 1:
+        if step == N - 1:
             break
-        if check_stop and step % STOP_CHECK_EVERY == STOP_CHECK_EVERY - 1 and bool(all_done[-1]):
+        if check_stop and (on_host or step % STOP_CHECK_EVERY == STOP_CHECK_EVERY - 1) and bool(all_done[-1]):
             break
-        logits, cache = model._decode_step(nxt[:, None].to(ids.dtype), cache, mask)
-    generated = torch.stack(tokens, dim=1)  # (B, steps run)
+        logits, cache = model._decode_step(nxt[:, None], cache, buffer_mask)
     if check_stop:
         # gpt2_core.generation's trimming: up to the first step after which every row had finished
-        finished = torch.stack(all_done).nonzero()
-        if finished.numel():
-            generated = generated[:, : int(finished[0, 0]) + 1]
-    return generated
+        finished_at = torch.stack(all_done).nonzero()
+        if finished_at.numel():
+            steps = int(finished_at[0, 0]) + 1
+    return GenerateDecoderOnlyOutput(
+        sequences=seqs[:, T : T + steps],
+        scores=None if scores_out is None else tuple(scores_out[:steps]),
+        logits=None if logits_out is None else tuple(logits_out[:steps]),
+    )
+
+
+def _gather_beams(tensor: torch.Tensor, beam_indices: torch.Tensor) -> torch.Tensor:
+    """(B, K, ...) -> (B, K', ...) rows `beam_indices` (B, K') of each prompt (a new tensor)."""
+    while beam_indices.dim() < tensor.dim():
+        beam_indices = beam_indices.unsqueeze(-1)
+    return torch.take_along_dim(tensor, beam_indices, dim=1)
+
+
+def _beam_search(
+    model, ids: torch.Tensor, mask: np.ndarray, settings: GenerationSettings, processors: _Processors,
+    criteria: Sequence[StoppingCriterion], generator: torch.Generator | None,
+) -> GenerateBeamDecoderOnlyOutput:
+    """transformers v5's vectorized beam search (`GenerationMixin._beam_search`, with its helpers inlined in the
+    same order): beam search, or beam sampling with `do_sample`. `ids` (B * num_beams, T) is the expanded prompt."""
+    s = settings
+    K = s.num_beams
+    BK, T = ids.shape
+    B = BK // K
+    N, max_length = s.max_new_tokens, s.max_length
+    device = ids.device
+    eos = s.eos_token_id
+    eos_t = torch.tensor(eos or (-1,), device=device)
+    # per prompt the top `keep` continuations, so that num_beams stay unfinished even if the best all hit eos
+    keep = max(2, 1 + len(eos)) * K
+    top_num_beam_mask = torch.cat(
+        (torch.ones(K, dtype=torch.bool), torch.zeros(keep - K, dtype=torch.bool))
+    ).to(device)
+    # transformers' `pad_token_id or eos_token_id[0] if eos_token_id is not None else -1` (precedence kept: a pad
+    # id of 0 gives eos[0])
+    fill = (s.pad_token_id or eos[0]) if eos else -1
+    running_sequences = torch.full((B, K, max_length), fill, dtype=torch.long, device=device)
+    running_sequences[:, :, :T] = ids.view(B, K, T)
+    sequences = running_sequences.clone()
+    # only the first beam starts alive, so the beams do not all pick the same tokens
+    running_beam_scores = torch.zeros((B, K), dtype=torch.float, device=device)
+    running_beam_scores[:, 1:] = -1e9
+    beam_scores = torch.full((B, K), -1e9, dtype=torch.float, device=device)
+    is_sent_finished = torch.zeros((B, K), dtype=torch.bool, device=device)
+    is_early_stop_heuristic_unsatisfied = torch.ones((B, 1), dtype=torch.bool, device=device)
+    running_beam_indices = torch.full((B, K, N), -1, dtype=torch.int32, device=device)
+    beam_indices = running_beam_indices.clone()
+    batch_offset = torch.arange(B, device=device).view(-1, 1) * K
+    scores_out: list[torch.Tensor] | None = [] if s.return_dict_in_generate and s.output_scores else None
+    logits_out: list[torch.Tensor] | None = [] if s.return_dict_in_generate and s.output_logits else None
+
+    logits, cache, buffer_mask = _prefill(model, ids, mask, settings)
+    cur_len = T
+    for _ in range(N):
+        flat_running_sequences = running_sequences[:, :, :cur_len].reshape(BK, cur_len)
+        raw = logits.float()  # (B * K, V)
+        log_probs = processors(flat_running_sequences, F.log_softmax(raw, dim=-1))
+        if logits_out is not None:
+            logits_out.append(raw)
+        if scores_out is not None:
+            scores_out.append(log_probs)
+        V = log_probs.shape[-1]
+        log_probs = (log_probs.view(B, K, V) + running_beam_scores[:, :, None]).reshape(B, K * V)
+
+        # the top `keep` continuations (or `keep` sampled without replacement, then sorted)
+        if s.do_sample:
+            topk_indices = torch.multinomial(F.softmax(log_probs, dim=-1), num_samples=keep, generator=generator)
+            topk_log_probs = torch.gather(log_probs, 1, topk_indices)
+            topk_log_probs, order = topk_log_probs.sort(dim=-1, descending=True)
+            topk_indices = topk_indices.gather(-1, order)
+        else:
+            topk_log_probs, topk_indices = torch.topk(log_probs, k=keep)
+        topk_current_beam_indices = topk_indices // V
+        topk_running_beam_indices = _gather_beams(running_beam_indices, topk_current_beam_indices)
+        topk_running_sequences = _gather_beams(running_sequences, topk_current_beam_indices)
+        topk_ids = topk_indices % V
+        topk_running_sequences[:, :, cur_len] = topk_ids
+        topk_running_beam_indices[:, :, cur_len - T] = (topk_current_beam_indices + batch_offset).to(torch.int32)
+
+        # which continuations hit a stopping criterion: eos, the length, the caller's
+        hits = torch.isin(topk_ids, eos_t) if eos else torch.zeros_like(topk_ids, dtype=torch.bool)
+        if cur_len + 1 >= max_length:
+            hits = torch.ones_like(hits)
+        if criteria:
+            flat = topk_running_sequences[:, :, : cur_len + 1].reshape(B * keep, cur_len + 1)
+            hits = hits | _criteria_hits(criteria, flat, log_probs).view(B, keep)
+
+        # the best `K` unfinished continuations keep running
+        topk_running_log_probs = topk_log_probs + hits.to(torch.float32) * -1.0e9
+        next_topk_indices = torch.topk(topk_running_log_probs, k=K)[1]
+        running_sequences = _gather_beams(topk_running_sequences, next_topk_indices)
+        running_beam_scores = _gather_beams(topk_running_log_probs, next_topk_indices)
+        running_beam_indices = _gather_beams(topk_running_beam_indices, next_topk_indices)
+
+        # finished ones among the top `K` enter the `K` best hypotheses, scored with the length penalty
+        did_top_num_beams_just_finish = hits & top_num_beam_mask[None, :]
+        topk_log_probs = topk_log_probs / ((cur_len + 1 - T) ** s.length_penalty)
+        beams_in_batch_are_full = torch.all(is_sent_finished, dim=-1, keepdim=True) & (s.early_stopping is True)
+        topk_log_probs += beams_in_batch_are_full.to(torch.float32) * -1.0e9
+        topk_log_probs += (~is_early_stop_heuristic_unsatisfied).to(torch.float32) * -1.0e9
+        topk_log_probs += (~did_top_num_beams_just_finish) * -1.0e9
+        merged_sequences = torch.cat((sequences, topk_running_sequences), dim=1)
+        merged_scores = torch.cat((beam_scores, topk_log_probs), dim=1)
+        merged_beam_indices = torch.cat((beam_indices, topk_running_beam_indices), dim=1)
+        merged_is_sent_finished = torch.cat((is_sent_finished, did_top_num_beams_just_finish), dim=1)
+        topk_merged_indices = torch.topk(merged_scores, k=K)[1]
+        sequences = _gather_beams(merged_sequences, topk_merged_indices)
+        beam_scores = _gather_beams(merged_scores, topk_merged_indices)
+        beam_indices = _gather_beams(merged_beam_indices, topk_merged_indices)
+        is_sent_finished = _gather_beams(merged_is_sent_finished, topk_merged_indices)
+
+        beam_idx = running_beam_indices[..., cur_len - T].reshape(BK).to(torch.long)  # flat b * K + k
+        cur_len = cur_len + 1
+
+        # early stopping (transformers' `_check_early_stop_heuristic`): can a running beam still beat the worst
+        # finished hypothesis?
+        if s.early_stopping == "never" and s.length_penalty > 0.0:
+            best_hypothetical_length = max_length - T
+        else:
+            best_hypothetical_length = cur_len - T
+        best_possible_running_score = running_beam_scores[:, :1] / (best_hypothetical_length ** s.length_penalty)
+        worst_finished_score = torch.where(
+            is_sent_finished, torch.min(beam_scores, dim=1, keepdim=True)[0], -1.0e9
+        )
+        is_early_stop_heuristic_unsatisfied = is_early_stop_heuristic_unsatisfied & torch.any(
+            best_possible_running_score > worst_finished_score, dim=-1, keepdim=True
+        )
+        improvement_possible = torch.any(is_early_stop_heuristic_unsatisfied)
+        exists_open_beam = ~(torch.all(is_sent_finished) & (s.early_stopping is True))
+        valid_continuations = ~torch.all(hits)
+        if not bool(improvement_possible & exists_open_beam & valid_continuations):
+            break
+        cache = cache.reorder(beam_idx)
+        logits, cache = model._decode_step(running_sequences[:, :, cur_len - 1].reshape(BK, 1), cache, buffer_mask)
+
+    nrs = s.num_return_sequences
+    sequences = sequences[:, :nrs].reshape(B * nrs, max_length)
+    beam_scores = beam_scores[:, :nrs].reshape(B * nrs)
+    beam_indices = beam_indices[:, :nrs].reshape(B * nrs, N)
+    # the generated length: beam_indices stay -1 after a hypothesis ended
+    max_generated_length = int((beam_indices + 1).bool().sum(dim=1).max())
+    return GenerateBeamDecoderOnlyOutput(
+        sequences=sequences[:, : T + max_generated_length],
+        sequences_scores=beam_scores if s.output_scores else None,
+        scores=None if scores_out is None else tuple(scores_out),
+        logits=None if logits_out is None else tuple(logits_out),
+        beam_indices=beam_indices[:, :max_generated_length],
+    )

@@ -28,6 +28,7 @@ from torch import nn
 
 from gpt2_core import checks, reference
 from gpt2_core.config import GPT2Config
+from gpt2_core.generation_config import GenerationConfig
 from gpt2_core.outputs import (
     BaseModelOutputWithPastAndCrossAttentions,
     CausalLMOutputWithCrossAttentions,
@@ -234,6 +235,13 @@ class GPT2PreTrainedModel(nn.Module):
         if not isinstance(config, GPT2Config):
             raise TypeError(f"config must be a gpt2_core.GPT2Config. Received: type={type(config).__name__}.")
         self.config = config
+        # what `generate` starts from (transformers' rule: only models that generate carry one)
+        self.generation_config = GenerationConfig.from_model_config(config) if self.can_generate() else None
+
+    @classmethod
+    def can_generate(cls) -> bool:
+        """Whether `generate` works on this class (the LM head model)."""
+        return False
 
     # -- parameters through gpt2_core.naming ------------------------------------------------------------------
     def init_weights(self, seed: int | None = None) -> None:
@@ -301,6 +309,8 @@ class GPT2PreTrainedModel(nn.Module):
         model = model.to_empty(device="cpu")
         model.tie_weights()  # to_empty gives every parameter its own storage
         model.load_canonical(loaded.canonical)
+        if model.can_generate():
+            model.generation_config = loaded.generation_config
         dtype = dtype if dtype is not None else torch_dtype
         if isinstance(dtype, str):
             dtype = getattr(torch, dtype)
@@ -319,7 +329,10 @@ class GPT2PreTrainedModel(nn.Module):
 
         if not safe_serialization:
             raise ValueError("Only safetensors is written. Received: safe_serialization=False. Use gpt2-convert --to pytorch.")
-        save_pretrained(save_directory, self.config, self.canonical_state_dict(), self.head, max_shard_size=max_shard_size)
+        save_pretrained(
+            save_directory, self.config, self.canonical_state_dict(), self.head, max_shard_size=max_shard_size,
+            generation_config=self.generation_config,
+        )
 
     def tie_weights(self) -> None:
         """Share the token embedding with the LM head when `tie_word_embeddings` (models with an LM head)."""
@@ -623,11 +636,19 @@ class GPT2LMHeadModel(GPT2PreTrainedModel):
         )
         return self.lm_head(out.last_hidden_state[:, -1]), out.past_key_values  # the head on the last position only
 
-    def generate(self, input_ids: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        """Cached decoding; see `gpt2_torch.generation.generate` for the arguments."""
+    @classmethod
+    def can_generate(cls) -> bool:
+        return True
+
+    def generate(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+        generation_config: GenerationConfig | None = None, **kwargs: Any,
+    ) -> Any:
+        """Cached decoding (greedy, sampling, beam search), transformers' `generate`; see
+        `gpt2_torch.generation.generate` for the arguments."""
         from gpt2_torch.generation import generate
 
-        return generate(self, input_ids, **kwargs)
+        return generate(self, input_ids, attention_mask, generation_config, **kwargs)
 
 
 def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
