@@ -121,8 +121,8 @@ class _GPT2TokenizerBase:
         if vocab is not None:
             encoder, merge_list = dict(vocab), tuple((str(a), str(b)) for a, b in merges)  # type: ignore[union-attr]
         elif vocab_file is not None:
-            encoder = io.read_vocab(Path(vocab_file))
-            merge_list = io.read_merges(Path(merges_file))  # type: ignore[arg-type]
+            # checked against each other: a truncated merges.txt is an error, not a tokenizer that splits differently
+            encoder, merge_list = io.read_vocab_files(Path(vocab_file), Path(merges_file))  # type: ignore[arg-type]
         else:
             shipped_encoder, merge_list = io.shipped_files()
             encoder = dict(shipped_encoder)

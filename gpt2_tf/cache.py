@@ -151,3 +151,9 @@ class KVCache(tf.experimental.ExtensionType):
     def __getitem__(self, layer: int) -> tuple[tf.Tensor, tf.Tensor]:
         """(key buffer, value buffer) of `layer`."""
         return self.key[layer], self.value[layer]
+
+    def reorder(self, beam_idx: tf.Tensor) -> "KVCache":
+        """A new cache whose rows are this cache's rows `beam_idx` (B',) (beam search: tf.gather on the batch axis)."""
+        key = tuple(tf.gather(k, beam_idx, axis=0) for k in self.key)
+        value = tuple(tf.gather(v, beam_idx, axis=0) for v in self.value)
+        return KVCache(key=key, value=value, length=self.length)

@@ -41,6 +41,7 @@ import keras  # noqa: E402
 
 from gpt2_core import checks, reference  # noqa: E402
 from gpt2_core.config import GPT2Config  # noqa: E402
+from gpt2_core.generation_config import GenerationConfig  # noqa: E402
 from gpt2_core.outputs import (  # noqa: E402
     BaseModelOutputWithPastAndCrossAttentions,
     CausalLMOutputWithCrossAttentions,
@@ -384,6 +385,7 @@ class TFGPT2PreTrainedModel(keras.Model):
         if not isinstance(config, GPT2Config):
             raise TypeError(f"config must be a gpt2_core.GPT2Config. Received: type={type(config).__name__}.")
         self.config = config
+        self.generation_config = GenerationConfig.from_model_config(config)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         # Keras style: `model({"input_ids": ..., "labels": ...})`, which is what `fit(x=dict)` passes.
@@ -465,6 +467,8 @@ class TFGPT2PreTrainedModel(keras.Model):
         with reference.skip_init():
             model = cls(loaded.config, dtype=dtype)
         model.load_canonical(loaded.canonical)
+        if loaded.generation_config is not None:
+            model.generation_config = loaded.generation_config
         return model
 
     def save_pretrained(self, save_directory: str | os.PathLike, *, max_shard_size: int | str | None = None) -> None:
@@ -472,7 +476,10 @@ class TFGPT2PreTrainedModel(keras.Model):
         (`weights_convert.pretrained.save_pretrained`)."""
         from weights_convert.pretrained import save_pretrained
 
-        save_pretrained(save_directory, self.config, self.canonical_state_dict(), self.head, max_shard_size=max_shard_size)
+        save_pretrained(
+            save_directory, self.config, self.canonical_state_dict(), self.head, max_shard_size=max_shard_size,
+            generation_config=self.generation_config,
+        )
 
     def num_parameters(self) -> int:
         return int(sum(np.prod(v.shape) for v in self.weights))
@@ -759,11 +766,11 @@ class TFGPT2LMHeadModel(TFGPT2PreTrainedModel):
         )
         return _returned(output, return_dict)
 
-    def generate(self, input_ids: Any, **kwargs: Any) -> tf.Tensor:
-        """XLA-compiled cached decoding; see `gpt2_tf.generation.generate` for the arguments."""
+    def generate(self, input_ids: Any, attention_mask: Any = None, generation_config: Any = None, **kwargs: Any) -> Any:
+        """XLA-compiled cached decoding (greedy, sampling, beam search); see `gpt2_tf.generation.generate`."""
         from gpt2_tf.generation import generate
 
-        return generate(self, input_ids, **kwargs)
+        return generate(self, input_ids, attention_mask, generation_config, **kwargs)
 
 
 def _cross_entropy(logits: tf.Tensor, labels: tf.Tensor, ignore_index: Any = None) -> tf.Tensor:
