@@ -3,7 +3,13 @@
     gpt2 generate "ROMEO:"                                   # the shipped default model, PyTorch
     gpt2 generate --backend flax --model DIR_OR_HUB_ID "Once upon a time" --max-new-tokens 40
     gpt2 generate --backend tf --do-sample --temperature 0.8 --top-p 0.95 --seed 0 "ROMEO:"
+    gpt2 generate --no-do-sample --num-beams 4 --num-return-sequences 2 --stats "ROMEO:"
+    gpt2 generate --stop "JULIET:" --repetition-penalty 1.2 "ROMEO:"
     gpt2 -v convert SRC -o DST --to tf --verify              # = gpt2-convert ... (-v: debug log, tracebacks)
+
+`gpt2 generate` streams the text as it is produced when it makes one sequence (one prompt, no beams), and prints
+the sequences at the end otherwise. Decoding flags left unset take the model's generation_config.json (for the
+shipped model: sampling with the settings docs/generation.md explains), as `model.generate` does.
 
 Backends are imported only when chosen (gpt2_apps.backends), so `gpt2 --help` works with any one framework
 installed. Exit status and error format: gpt2_apps.errors (0 ok, 2 usage or bad input, 1 failure, 130 Ctrl-C; one
@@ -22,7 +28,7 @@ import numpy as np
 
 import gpt2_core
 from gpt2_apps.backends import BACKENDS, get_backend
-from gpt2_apps.errors import EXIT_FAILURE, EXIT_OK, run_command
+from gpt2_apps.errors import EXIT_FAILURE, EXIT_OK, UsageError, run_command
 
 logger = logging.getLogger(__name__)
 
@@ -44,38 +50,133 @@ def default_model() -> str:
 
 
 def load_tokenizer(model: str):
+    """The model's tokenizer; the shipped GPT-2 vocabulary only when the model has no tokenizer files at all.
+
+    Corrupt or incomplete tokenizer files raise (ValueError naming the file): falling back to another vocabulary
+    would silently turn the model's ids into the wrong text."""
     from gpt2_core.tokenization import GPT2Tokenizer
 
     path = Path(model)
-    if path.is_dir() and not (path / "vocab.json").exists():
+    tokenizer_files = ("vocab.json", "merges.txt", "tokenizer.json")
+    if path.is_dir() and not any((path / name).exists() for name in tokenizer_files):
         logger.info("No tokenizer files in %s; using the shipped GPT-2 vocabulary.", model)
         return GPT2Tokenizer()
     try:
         return GPT2Tokenizer.from_pretrained(model)
-    except (OSError, ValueError):
+    except FileNotFoundError as e:
+        if path.is_dir():
+            raise
+        logger.warning("No tokenizer files for %s (%s); using the shipped GPT-2 vocabulary.", model, e)
         return GPT2Tokenizer()
 
 
+# `gpt2 generate` flags -> GenerationConfig fields. A flag left unset is not passed, so the model's
+# generation_config.json (the shipped model's: gpt2_core/data/default-model) decides it.
+GENERATE_FIELDS = {
+    "max_new_tokens": "max_new_tokens", "min_new_tokens": "min_new_tokens", "do_sample": "do_sample",
+    "num_beams": "num_beams", "num_return_sequences": "num_return_sequences", "length_penalty": "length_penalty",
+    "temperature": "temperature", "top_k": "top_k", "top_p": "top_p", "repetition_penalty": "repetition_penalty",
+    "no_repeat_ngram_size": "no_repeat_ngram_size", "stop": "stop_strings", "seed": "seed",
+}
+
+
+def generation_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The GenerationConfig fields the command line sets (None: not given, the model's file decides)."""
+    fields = {name: getattr(args, flag, None) for flag, name in GENERATE_FIELDS.items()}
+    fields = {k: v for k, v in fields.items() if v is not None}
+    # The command prints sequences: an output object asked for by a model's file is not wanted here.
+    fields["return_dict_in_generate"] = False
+    return fields
+
+
+def model_generation_config(lm: Any, model: str):
+    """The generation defaults `generate` starts from: the model's `generation_config` (its checkpoint's
+    generation_config.json, else the model config's special tokens)."""
+    from gpt2_core.generation_config import GenerationConfig
+
+    gc = getattr(lm, "generation_config", None)
+    return gc if gc is not None else GenerationConfig.from_pretrained_or_model_config(model, lm.config)
+
+
+def count_new_tokens(ids: np.ndarray, prompt_length: int, eos_token_id: Sequence[int], pad_token_id: int) -> int:
+    """Generated tokens over all rows: a row ends at its first eos id (counted); padding after a row ended is not."""
+    total = 0
+    for row in np.asarray(ids)[:, prompt_length:]:
+        hits = np.flatnonzero(np.isin(row, list(eos_token_id))) if len(eos_token_id) else []
+        if len(hits):
+            total += int(hits[0]) + 1
+            continue
+        n = len(row)
+        while n and row[n - 1] == pad_token_id:
+            n -= 1
+        total += n
+    return total
+
+
+def format_stats(*, prompt_tokens: int, new_tokens: int, sequences: int, seconds: float, first_token_s: float | None,
+                 decode_tokens_per_s: float | None) -> str:
+    """The `--stats` line (stderr): counts, wall time and rates, as key=value pairs."""
+    parts = [f"prompt_tokens={prompt_tokens}", f"new_tokens={new_tokens}", f"sequences={sequences}",
+             f"time_s={seconds:.3f}", f"tokens_per_s={new_tokens / seconds if seconds > 0 else float('inf'):.1f}"]
+    if first_token_s is not None:
+        parts.append(f"first_token_s={first_token_s:.3f}")
+    if decode_tokens_per_s is not None:
+        parts.append(f"decode_tokens_per_s={decode_tokens_per_s:.1f}")
+    return "stats: " + " ".join(parts)
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
+    import time
+
+    from gpt2_core.generation import resolve_generation
+    from gpt2_core.streamers import TextStreamer, TokenCounter
+
     backend = get_backend(args.backend).require()
     model = args.model or default_model()
     tokenizer = load_tokenizer(model)
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
     prompts = args.prompt
+    if any(not p for p in prompts):
+        raise UsageError("A prompt is empty. Received: prompt=''. Pass some text to continue, e.g. \"ROMEO:\".")
     enc = tokenizer(prompts, padding=True, padding_side="left", return_tensors="np")
+    input_ids = enc["input_ids"].astype(np.int64)
+    mask = enc["attention_mask"].astype(np.int64)
+    T = input_ids.shape[1]
     lm = backend.load("lm", model)
-    kwargs: dict[str, Any] = dict(max_new_tokens=args.max_new_tokens, do_sample=args.do_sample, temperature=args.temperature, seed=args.seed)
-    if args.top_k is not None:
-        kwargs["top_k"] = args.top_k
-    if args.top_p is not None:
-        kwargs["top_p"] = args.top_p
-    ids = backend.generate(lm, enc["input_ids"].astype(np.int64), attention_mask=enc["attention_mask"].astype(np.int64), **kwargs)
-    T = enc["input_ids"].shape[1]
-    for i, prompt in enumerate(prompts):
-        text = prompt + tokenizer.decode(ids[i, T:], skip_special_tokens=True)
-        sys.stdout.write(text + ("\n" if not text.endswith("\n") else ""))
-        if len(prompts) > 1 and i < len(prompts) - 1:
-            sys.stdout.write("-" * 40 + "\n")
+    fields = generation_fields(args)
+    # Validate the flags against the model's defaults before generating (a bad value: one line, exit 2), and
+    # learn what the call will do (the model's file may ask for beams or several sequences).
+    settings = resolve_generation(lm.config, T, model_generation_config=model_generation_config(lm, model), **fields)
+    stream = len(prompts) == 1 and settings.num_beams == 1 and settings.num_return_sequences == 1
+    extra: dict[str, Any] = {}
+    counter = None
+    if stream:
+        counter = TokenCounter(TextStreamer(tokenizer, skip_prompt=True, file=sys.stdout, skip_special_tokens=True))
+        extra["streamer"] = counter
+        sys.stdout.write(prompts[0])
+        sys.stdout.flush()
+    if settings.stop_strings:
+        extra["tokenizer"] = tokenizer
+    start = time.perf_counter()
+    ids = backend.generate(lm, input_ids, attention_mask=mask, **fields, **extra)
+    seconds = time.perf_counter() - start
+    ids = np.asarray(ids)
+    if not stream:
+        nrs = settings.num_return_sequences
+        for i in range(ids.shape[0]):
+            text = prompts[i // nrs] + tokenizer.decode(ids[i, T:], skip_special_tokens=True)
+            sys.stdout.write(text + ("\n" if not text.endswith("\n") else ""))
+            if i < ids.shape[0] - 1:
+                sys.stdout.write("-" * 40 + "\n")
+    sys.stdout.flush()
+    if args.stats:
+        new_tokens = (counter.new_tokens if counter is not None
+                      else count_new_tokens(ids, T, settings.eos_token_id, settings.pad_token_id))
+        sys.stderr.write(format_stats(
+            prompt_tokens=int(mask.sum()), new_tokens=new_tokens, sequences=int(ids.shape[0]), seconds=seconds,
+            first_token_s=counter.time_to_first_token if counter is not None else None,
+            decode_tokens_per_s=counter.tokens_per_second if counter is not None else None,
+        ) + "\n")
     return EXIT_OK
 
 
@@ -88,12 +189,26 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("prompt", nargs="+", help="one or more prompts (several are batched with left padding)")
     g.add_argument("--backend", choices=BACKENDS, default="torch")
     g.add_argument("--model", default=None, help="local directory or Hub id (default: the shipped Shakespeare model)")
-    g.add_argument("--max-new-tokens", type=int, default=60)
-    g.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
-    g.add_argument("--temperature", type=float, default=1.0)
-    g.add_argument("--top-k", type=int, default=None)
-    g.add_argument("--top-p", type=float, default=None)
-    g.add_argument("--seed", type=int, default=None)
+    unset = "default: the model's generation_config.json"
+    g.add_argument("--max-new-tokens", type=int, default=None, help=f"tokens to generate ({unset}, else 20)")
+    g.add_argument("--min-new-tokens", type=int, default=None, help=f"no eos before this many tokens ({unset})")
+    g.add_argument("--do-sample", action=argparse.BooleanOptionalAction, default=None,
+                   help=f"sample (--do-sample) or decode greedily / by beam search (--no-do-sample) ({unset})")
+    g.add_argument("--num-beams", type=int, default=None, help=f"beam search with this many beams ({unset}, else 1)")
+    g.add_argument("--num-return-sequences", type=int, default=None,
+                   help="sequences per prompt (sampling, or <= --num-beams)")
+    g.add_argument("--length-penalty", type=float, default=None, help="beam search: score / length ** this")
+    g.add_argument("--temperature", type=float, default=None, help=f"sampling temperature ({unset})")
+    g.add_argument("--top-k", type=int, default=None,
+                   help=f"sample from the k most likely tokens, 0: all ({unset}, else 50)")
+    g.add_argument("--top-p", type=float, default=None, help=f"nucleus sampling mass, 1.0: off ({unset})")
+    g.add_argument("--repetition-penalty", type=float, default=None, help=f"> 1 discourages repeats ({unset})")
+    g.add_argument("--no-repeat-ngram-size", type=int, default=None,
+                   help=f"never repeat an n-gram of this size ({unset})")
+    g.add_argument("--stop", action="append", default=None, metavar="TEXT",
+                   help="stop a sequence after this text (repeatable; not with beam search)")
+    g.add_argument("--seed", type=int, default=None, help="seed the sampler (reproducible output)")
+    g.add_argument("--stats", action="store_true", help="print token counts and tokens/s to stderr at the end")
     g.set_defaults(func=cmd_generate)
 
     helps = {"convert": "convert a checkpoint between formats (gpt2 convert --help)",

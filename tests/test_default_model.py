@@ -34,7 +34,7 @@ def test_shipped_files():
 
 def generate_cli(backend_name: str) -> str:
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="3")
-    r = subprocess.run([sys.executable, "-m", "gpt2_apps.cli", "generate", "--backend", backend_name, "--max-new-tokens", "48", "ROMEO:"],
+    r = subprocess.run([sys.executable, "-m", "gpt2_apps.cli", "generate", "--backend", backend_name, "--no-do-sample", "--max-new-tokens", "48", "ROMEO:"],
                        capture_output=True, text=True, cwd=REPO, env=env)
     assert r.returncode == 0, r.stderr
     return r.stdout

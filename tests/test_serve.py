@@ -122,7 +122,8 @@ def reference_text(backend_name, lm, tokenizer, prompt, max_new_tokens):
     from gpt2_apps.backends import get_backend
 
     ids = np.asarray([tokenizer.encode(prompt)], np.int64)
-    out = get_backend(backend_name).generate(lm, ids, np.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False)
+    out = get_backend(backend_name).generate(lm, ids, np.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False,
+                                             repetition_penalty=1.0)  # the server's settings, not the file's
     new = [int(t) for t in np.asarray(out)[0, ids.shape[1]:]]
     eos = lm.config.eos_token_ids
     new = new[: next((i for i, t in enumerate(new) if t in eos), len(new))]

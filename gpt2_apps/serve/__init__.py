@@ -41,16 +41,10 @@ def default_model() -> str:
 
 
 def load_tokenizer(model: str) -> Any:
-    """The model's tokenizer files, else the GPT-2 vocabulary shipped in gpt2_core."""
-    from gpt2_core.tokenization import GPT2Tokenizer
+    """The model's tokenizer files, else the GPT-2 vocabulary shipped in gpt2_core (`gpt2_apps.cli.load_tokenizer`)."""
+    from gpt2_apps.cli import load_tokenizer as load
 
-    path = Path(model)
-    if path.is_dir() and not (path / "vocab.json").exists():
-        return GPT2Tokenizer()
-    try:
-        return GPT2Tokenizer.from_pretrained(model)
-    except (OSError, ValueError):
-        return GPT2Tokenizer()
+    return load(model)
 
 
 def model_id_of(model: str) -> str:

@@ -48,6 +48,17 @@ class ShuttingDown(Exception):
     """The engine is stopping; the caller should answer 503."""
 
 
+# The GenerationConfig fields OpenAI's completions have no counterpart of, at the values that turn them off (None
+# would mean "not given" to `generate`, which would then take the model's generation_config.json).
+OPENAI_NEUTRAL: dict[str, Any] = {
+    "num_beams": 1, "num_return_sequences": 1, "min_new_tokens": 0, "min_length": 0, "repetition_penalty": 1.0,
+    "no_repeat_ngram_size": 0, "temperature": 1.0, "top_k": 0, "top_p": 1.0, "typical_p": 1.0, "min_p": 0.0,
+    "epsilon_cutoff": 0.0, "eta_cutoff": 0.0, "suppress_tokens": [], "begin_suppress_tokens": [],
+    "forced_eos_token_id": [], "renormalize_logits": False, "remove_invalid_values": False, "stop_strings": [],
+    "return_dict_in_generate": False, "output_scores": False, "output_logits": False,
+}
+
+
 @dataclass(frozen=True)
 class Sampling:
     """Sampling settings shared by every row of one `generate` call (greedy: `do_sample=False`, the rest unused).
@@ -65,13 +76,13 @@ class Sampling:
     top_k: int = 0
 
     def generate_kwargs(self) -> dict[str, Any]:
-        if not self.do_sample:
-            return {"do_sample": False}
-        kwargs: dict[str, Any] = {"do_sample": True, "temperature": self.temperature}
-        if self.top_p < 1.0:
-            kwargs["top_p"] = self.top_p
-        if self.top_k:
-            kwargs["top_k"] = self.top_k
+        """Every decoding field, explicitly. `generate` takes a field left out from the model's
+        generation_config.json (the shipped model's samples with top-k, top-p and a repetition penalty) or from
+        GenerationConfig's defaults (top_k=50 when sampling, transformers' choice); OpenAI's completions mean plain
+        greedy or plain temperature / top-p sampling (top-k is this server's extension, 0: off)."""
+        kwargs: dict[str, Any] = dict(OPENAI_NEUTRAL, do_sample=self.do_sample)
+        if self.do_sample:
+            kwargs.update(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
         return kwargs
 
 
@@ -266,7 +277,8 @@ class Engine:
             T = min(T, self.config.n_positions - self.round_tokens)
             for B in sorted(set(sizes + [self.max_batch])):
                 for sample in do_sample:
-                    kwargs = Sampling(True, 1.0).generate_kwargs() if sample else {}
+                    # the switches real rounds use (which processors are on), so the compiled loops are reused
+                    kwargs = (Sampling(True, 1.0) if sample else Sampling()).generate_kwargs()
                     ids = np.full((B, max(T, 1)), self.pad_id, np.int64)
                     self.runner.generate(ids, np.ones_like(ids), max_new_tokens=self.round_tokens,
                                          pad_token_id=self.pad_id, seed=0 if sample else None, **kwargs)
