@@ -2,8 +2,9 @@
 
 0 success; 2 usage or bad input (argparse errors, missing or corrupt files, a value out of range: `ValueError`,
 `FileNotFoundError`, ...); 1 any other failure (a backend or optional dependency not installed, a failed check, a
-library error); 130 interrupted (Ctrl-C). An error is one line on stderr, `PROG: error: message`; the traceback only
-with -v.
+library error, a full disk: "No space left on device writing PATH"); 130 interrupted (Ctrl-C); 143 terminated
+(SIGTERM: `run_command` turns it into `gpt2_core.hub.Terminated`, so the same cleanup as Ctrl-C runs and no temporary
+directory is left). An error is one line on stderr, `PROG: error: message`; the traceback only with -v.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import sys
 import traceback
 from typing import Callable
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+from gpt2_core.hub import DiskFullError, Terminated, sigterm_raises
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 
 BAD_INPUT = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError)
 
@@ -33,9 +36,16 @@ def error(prog: str, message: str, verbose: bool = False) -> None:
 
 
 def run_command(prog: str, fn: Callable[[], int | None], verbose: bool = False, install_hint: str = "") -> int:
-    """Run `fn` and map what it raises to an exit status (see the module docstring). SystemExit passes through."""
+    """Run `fn` and map what it raises to an exit status (see the module docstring). SystemExit passes through.
+    SIGTERM while `fn` runs raises `Terminated` in it (`gpt2_core.hub.sigterm_raises`)."""
     try:
-        return int(fn() or 0)
+        with sigterm_raises():
+            return int(fn() or 0)
+    except Terminated:
+        sys.stderr.write(f"{prog}: terminated.\n")
+        if verbose:
+            traceback.print_exc()
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
         sys.stderr.write(f"{prog}: interrupted.\n")
         if verbose:
@@ -48,6 +58,9 @@ def run_command(prog: str, fn: Callable[[], int | None], verbose: bool = False, 
         error(prog, str(e), verbose)
         return EXIT_USAGE
     except NotInstalledError as e:
+        error(prog, str(e), verbose)
+        return EXIT_FAILURE
+    except DiskFullError as e:
         error(prog, str(e), verbose)
         return EXIT_FAILURE
     except ImportError as e:

@@ -5,7 +5,9 @@
     torchrun --nproc_per_node 2 -m gpt2_apps.train_cli --backend torch ...     # data parallel (DDP)
 
 The loop is `gpt2_core.training`'s; the backend (gpt2_apps.backends) supplies its step. Prints the final metrics as
-one JSON line. Exit status: gpt2_apps.errors (2 bad flags or data, 1 failure, 130 Ctrl-C; -v shows tracebacks).
+one JSON line. Exit status: gpt2_apps.errors (2 bad flags or data, 1 failure, 130 Ctrl-C, 143 SIGTERM; -v shows
+tracebacks). An --output-dir holding an earlier run is refused unless --resume (which continues it, and refuses a
+checkpoint of other settings or beyond --max-steps) or --force (which starts afresh).
 """
 
 from __future__ import annotations
@@ -48,7 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("learning_rate", "min_lr_ratio", "weight_decay", "beta1", "beta2", "grad_clip", "eval_fraction"):
         p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
     p.add_argument("--dropout", type=float, default=None)
-    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output-dir")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --output-dir from its last checkpoint (the same settings; --max-steps may grow)")
+    p.add_argument("--force", "--overwrite", dest="force", action="store_true",
+                   help="start afresh in a non-empty --output-dir: the earlier run's checkpoints and metrics are removed")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging; show the traceback of an error")
     return p
@@ -56,7 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # exits 2 with a usage message on bad arguments
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # our packages at INFO (resume, fine-tuning notes); other libraries' INFO chatter (torch's at exit) stays off
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for name in ("gpt2_core", "gpt2_apps", "gpt2_torch", "gpt2_tf", "gpt2_flax", "weights_convert"):
+        logging.getLogger(name).setLevel(logging.DEBUG if args.verbose else logging.INFO)
 
     def run() -> int:
         tc = TrainConfig(
@@ -66,6 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             save_every=args.save_every, log_every=args.log_every, seed=args.seed, learning_rate=args.learning_rate,
             min_lr_ratio=args.min_lr_ratio, weight_decay=args.weight_decay, beta1=args.beta1, beta2=args.beta2,
             grad_clip=args.grad_clip, eval_fraction=args.eval_fraction, dropout=args.dropout, resume=args.resume,
+            force=args.force,
         )
         result = get_backend(args.backend).require().train(tc, progress=not args.no_progress)
         sys.stdout.write(json.dumps(result) + "\n")

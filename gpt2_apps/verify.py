@@ -7,6 +7,9 @@ left-padded batch included) and reports, per backend and per pair:
 * max abs difference between cached decoding (prompt, then one token at a time) and the uncached forward,
 * how many greedy-generated tokens agree with the reference's greedy decoding.
 
+Before any of that, every weight is checked to be finite (`--no-check-finite` skips it): a NaN or inf anywhere (say
+one row of `wpe` that the prompts never reach) is an error naming the first such tensor, not a pass.
+
 Exit status: 0 all within tolerance, 1 a tolerance exceeded (or a backend not installed, or another failure), 2 bad
 input (usage, missing or corrupt files), 130 interrupted; errors are one line on stderr, the traceback with -v. Every
 backend is driven through `gpt2_apps.backends` with full fp32 matmul precision (no TF32, XLA "highest").
@@ -51,6 +54,11 @@ class Report:
 
 def _prompts(config: GPT2Config, max_new: int) -> tuple[np.ndarray, np.ndarray]:
     rows = [[t % config.vocab_size for t in r] for r in PROMPT_IDS]
+    if not isinstance(max_new, int) or max_new < 1 or config.n_positions - max_new < 1:
+        raise ValueError(
+            f"--max-new-tokens leaves no room for a prompt in this model. Received: max_new_tokens={max_new!r}, "
+            f"n_positions={config.n_positions}. Use a value from 1 to {max(1, config.n_positions - 1)}."
+        )
     T = min(max(len(r) for r in rows), config.n_positions - max_new)
     rows = [r[:T] for r in rows]
     ids = np.zeros((len(rows), T), np.int64)
@@ -61,6 +69,7 @@ def _prompts(config: GPT2Config, max_new: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _max(a, b) -> float:
+    """Max abs difference; NaN when either side holds a NaN (np.max propagates it), so it never passes `<=`."""
     return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
 
 
@@ -69,7 +78,23 @@ def installed_backends() -> list[str]:
     return available_backends()
 
 
-def _as_lm(model: str | os.PathLike) -> tuple[GPT2Config, dict[str, np.ndarray], str | None]:
+class NonFiniteWeightsError(ValueError):
+    """A checkpoint's weights hold NaN or inf: `gpt2-verify` reports it as a failed check (exit status 1)."""
+
+
+def check_finite_weights(canonical: dict[str, np.ndarray], model: str | os.PathLike) -> None:
+    """NonFiniteWeightsError naming the first tensor holding a NaN or inf (and how many more do)."""
+    from weights_convert.formats.base import non_finite, non_finite_message
+
+    bad = non_finite(canonical)
+    if bad:
+        raise NonFiniteWeightsError(
+            non_finite_message(bad, f"model={str(model)!r}") + " The checkpoint cannot compute finite logits; use "
+            "one saved before the values diverged (or pass --no-check-finite to compare it anyway)."
+        )
+
+
+def _as_lm(model: str | os.PathLike, check_finite: bool = True) -> tuple[GPT2Config, dict[str, np.ndarray], str | None]:
     """(config, canonical float32 LM weights, the directory the backends' `from_pretrained` reads or None) for a
     checkpoint in any format `weights_convert` reads. Hub-format directories are loaded through `from_pretrained`
     (so the loader is checked too); any other format is built from the canonical weights (a backend never parses
@@ -78,6 +103,8 @@ def _as_lm(model: str | os.PathLike) -> tuple[GPT2Config, dict[str, np.ndarray],
 
     fmt = detect_format(model)
     config, canonical, head = load_checkpoint(model)
+    if check_finite:
+        check_finite_weights(canonical, model)
     if head not in ("lm", "double", "base"):
         raise ValueError(
             f"gpt2-verify compares language-model outputs; this checkpoint is a {head!r} model. Received: {str(model)!r}."
@@ -106,10 +133,15 @@ def _logits(backend: Backend, model: Any, ids, mask, past=None, use_cache: bool 
 
 
 def verify_model(model_dir: str | os.PathLike, backends: Sequence[str] = BACKENDS, max_new_tokens: int = 8,
-                 tolerance: float = TOLERANCE) -> Report:
+                 tolerance: float = TOLERANCE, check_finite: bool = True) -> Report:
     """Run the checks described in the module docstring on a checkpoint in any format `gpt2-convert` reads; never
-    raises for a numeric mismatch (see `Report.ok`)."""
-    config, canonical, loadable = _as_lm(model_dir)
+    raises for a numeric mismatch (see `Report.ok`).
+
+    Raises:
+        NonFiniteWeightsError: A weight holds NaN or inf (named; unless `check_finite=False`).
+        ValueError: Bad arguments, corrupt files.
+    """
+    config, canonical, loadable = _as_lm(model_dir, check_finite)
     return _verify_loaded(str(model_dir), config, canonical, loadable, backends, max_new_tokens, tolerance)
 
 
@@ -210,7 +242,12 @@ def format_report(report: Report) -> str:
             lines.append(f"  {pair:12s}: logits {e['max_abs_logit_diff']:.2e}  greedy {e['greedy_tokens_agree']}  {'OK' if e['ok'] else 'FAIL'}")
         else:
             lines.append(f"  {pair}: same names {e['same_tensor_names']}, max relative tensor diff {e['max_relative_tensor_diff']:.2e}  {'OK' if e['ok'] else 'FAIL'}")
-    lines.append("PASSED" if report.ok else "FAILED: a difference exceeds the tolerance")
+    nan = [name for name, e in [*report.per_backend.items(), *report.pairs.items()]
+            if any(isinstance(v, float) and not np.isfinite(v) for v in e.values())]
+    if nan:
+        lines.append(f"FAILED: non-finite logits (NaN or inf) in {', '.join(nan)}")
+    else:
+        lines.append("PASSED" if report.ok else "FAILED: a difference exceeds the tolerance")
     return "\n".join(lines)
 
 
@@ -221,6 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=8)
     p.add_argument("--tolerance", type=float, default=TOLERANCE)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--no-check-finite", dest="check_finite", action="store_false",
+                   help="do not refuse weights holding NaN or inf (by default the first such tensor is named)")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress; show the traceback of an error")
     return p
 
@@ -238,7 +277,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         for name in backends:
             get_backend(name).require()
-        report = verify_model(args.model, backends, args.max_new_tokens, args.tolerance)
+        try:
+            report = verify_model(args.model, backends, args.max_new_tokens, args.tolerance, args.check_finite)
+        except NonFiniteWeightsError as e:  # a failed check, reported like one: exit status 1
+            out = json.dumps({"model": str(args.model), "ok": False, "error": str(e)}, indent=2) if args.json else (
+                f"gpt2-verify {args.model}\nFAILED: {e}"
+            )
+            sys.stdout.write(out + "\n")
+            return EXIT_FAILURE
         sys.stdout.write((report.to_json() if args.json else format_report(report)) + "\n")
         return EXIT_OK if report.ok else EXIT_FAILURE
 

@@ -12,9 +12,10 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import numbers
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +80,132 @@ ATTRIBUTE_MAP = {
 }
 
 # Hub ids of the released checkpoints -> their hyperparameters (from each repo's config.json).
+# The JSON types each field may hold, as transformers v5's strict dataclass fields declare them (a string where a
+# bool or a number belongs is an error there too). Deliberately lenient in one place: an integer is accepted where a
+# float belongs (`"layer_norm_epsilon": 1`), since the value then means the same thing; a bool is never a number.
+_BOOL, _INT, _FLOAT, _STR, _NONE, _INT_LIST = "bool", "int", "float", "str", "None", "list[int]"
+FIELD_TYPES: dict[str, tuple[str, ...]] = {
+    "vocab_size": (_INT,),
+    "n_positions": (_INT,),
+    "n_embd": (_INT,),
+    "n_layer": (_INT,),
+    "n_head": (_INT,),
+    "n_inner": (_INT, _NONE),
+    "activation_function": (_STR,),
+    "resid_pdrop": (_FLOAT,),
+    "embd_pdrop": (_FLOAT,),
+    "attn_pdrop": (_FLOAT,),
+    "layer_norm_epsilon": (_FLOAT,),
+    "initializer_range": (_FLOAT,),
+    "summary_type": (_STR,),
+    "summary_use_proj": (_BOOL,),
+    "summary_activation": (_STR, _NONE),
+    "summary_proj_to_labels": (_BOOL,),
+    "summary_first_dropout": (_FLOAT, _NONE),
+    "scale_attn_weights": (_BOOL,),
+    "use_cache": (_BOOL,),
+    "bos_token_id": (_INT, _NONE),
+    "eos_token_id": (_INT, _INT_LIST, _NONE),
+    "pad_token_id": (_INT, _NONE),
+    "scale_attn_by_inverse_layer_idx": (_BOOL,),
+    "reorder_and_upcast_attn": (_BOOL,),
+    "add_cross_attention": (_BOOL,),
+    "tie_word_embeddings": (_BOOL,),
+    "problem_type": (_STR, _NONE),
+    "classifier_dropout": (_FLOAT, _NONE),
+    # transformers' PretrainedConfig fields a GPT-2 config.json may carry (kept in `extra`); typed when present.
+    "output_hidden_states": (_BOOL,),
+    "output_attentions": (_BOOL,),
+    "return_dict": (_BOOL,),
+    "is_encoder_decoder": (_BOOL,),
+    "is_decoder": (_BOOL,),
+    "chunk_size_feed_forward": (_INT,),
+    "sep_token_id": (_INT, _NONE),
+    "decoder_start_token_id": (_INT, _NONE),
+}
+PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
+
+# Fields of transformers' PretrainedConfig that GPT-2 does not define but a config may carry (in `extra`): with the
+# GPT-2 fields, the label fields and the generic names, the fields `from_pretrained(**kwargs)` and `--set` may set.
+PRETRAINED_CONFIG_FIELDS = (
+    "output_hidden_states",
+    "output_attentions",
+    "return_dict",
+    "architectures",
+    "finetuning_task",
+    "tokenizer_class",
+    "prefix",
+    "sep_token_id",
+    "decoder_start_token_id",
+    "task_specific_params",
+    "is_encoder_decoder",
+    "is_decoder",
+    "chunk_size_feed_forward",
+)
+
+
+def _type_ok(value: Any, kind: str) -> bool:
+    if kind == _NONE:
+        return value is None
+    # NumPy scalars count as the Python type they stand for (callers compute sizes with NumPy); a bool never counts
+    # as a number.
+    if kind == _BOOL:
+        return isinstance(value, bool) or type(value).__name__ == "bool_"
+    if kind == _INT:
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if kind == _FLOAT:
+        return isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if kind == _STR:
+        return isinstance(value, str)
+    if kind == _INT_LIST:
+        return isinstance(value, (list, tuple)) and all(_type_ok(v, _INT) for v in value)
+    raise AssertionError(kind)  # pragma: no cover - the table above uses only these kinds
+
+
+def check_field_type(name: str, value: Any) -> None:
+    """ValueError naming the field when `value` is not of a JSON type `FIELD_TYPES[name]` allows (a string where
+    a bool or a number belongs: `"false"`, `"1e-5"`); unknown names pass."""
+    kinds = FIELD_TYPES.get(name)
+    if kinds is None or any(_type_ok(value, k) for k in kinds):
+        return
+    want = " or ".join({_BOOL: "a bool (true/false)", _INT: "an integer", _FLOAT: "a number", _STR: "a string",
+                        _NONE: "null", _INT_LIST: "a list of integers"}[k] for k in kinds)
+    hint = f" Pass {want}."
+    if isinstance(value, str):
+        hint = " Write it unquoted in config.json (e.g. false, 2, 1e-05), or pass a Python value, not a string."
+    raise ValueError(
+        f"Config field `{name}` must be {want}. Received: {name}={value!r} ({type(value).__name__}).{hint}"
+    )
+
+
+def config_field_names() -> frozenset[str]:
+    """Every name `GPT2Config` knows as a field: the GPT-2 fields, the label fields, the generic names
+    (`hidden_size`, ...) and transformers' `PRETRAINED_CONFIG_FIELDS`."""
+    return frozenset(_DEFAULTS) | frozenset(ATTRIBUTE_MAP) | {"num_labels", "id2label", "label2id"} | frozenset(
+        PRETRAINED_CONFIG_FIELDS
+    )
+
+
+def check_field_names(names: Any, source: str = "config overrides", known: Any = ()) -> None:
+    """ValueError naming every one of `names` that is not a config field (`config_field_names()` or `known`),
+    with the closest field as a suggestion (`--set n_layers=1` -> did you mean n_layer?)."""
+    import difflib
+
+    fields = config_field_names() | frozenset(known)
+    unknown = [n for n in names if n not in fields]
+    if not unknown:
+        return
+    hints = []
+    for n in unknown:
+        close = difflib.get_close_matches(n, sorted(fields), n=1, cutoff=0.6)
+        hints.append(f"{n!r} (did you mean {close[0]!r}?)" if close else repr(n))
+    raise ValueError(
+        f"Unknown config field{'s' if len(unknown) > 1 else ''} in {source}: {', '.join(hints)}. Received: "
+        f"{sorted(unknown)}. Use GPT2Config field names ({', '.join(list(_DEFAULTS)[:6])}, ...; see "
+        "gpt2_core.config.GPT2Config)."
+    )
+
+
 PRESETS: dict[str, dict[str, Any]] = {
     "gpt2": dict(n_embd=768, n_layer=12, n_head=12),
     "gpt2-medium": dict(n_embd=1024, n_layer=24, n_head=16),
@@ -93,6 +220,35 @@ PRESET_ALIASES = {
     "openai-community/gpt2-xl": "gpt2-xl",
     "distilbert/distilgpt2": "distilgpt2",
 }
+
+
+def _check_num_labels(value: Any) -> None:
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+        raise ValueError(
+            f"`num_labels` must be a positive integer. Received: num_labels={value!r}. Pass the number of classes "
+            "(at least 1; 1 means regression)."
+        )
+
+
+def _id2label(value: Any) -> dict[int, Any]:
+    """`id2label` with integer keys (config.json writes them as strings)."""
+    if not isinstance(value, dict):
+        raise ValueError(
+            f"Config field `id2label` must map label ids to names. Received: id2label={value!r}. Pass a dict such as "
+            "{0: 'NEGATIVE', 1: 'POSITIVE'}, or num_labels instead."
+        )
+    out = {}
+    for k, v in value.items():
+        try:
+            if isinstance(k, bool) or (isinstance(k, str) and not k.strip().lstrip("-").isdigit()):
+                raise ValueError(k)
+            out[int(k)] = v
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"The keys of `id2label` must be integer label ids. Received: id2label key {k!r}. Use 0, 1, ... "
+                "(or \"0\", \"1\", ... in config.json)."
+            ) from None
+    return out
 
 
 class GPT2Config:
@@ -139,17 +295,24 @@ class GPT2Config:
         id2label = kwargs.pop("id2label", None)
         label2id = kwargs.pop("label2id", None)
         num_labels = kwargs.pop("num_labels", None)
+        if num_labels is not None:
+            _check_num_labels(num_labels)
         if id2label is None:
             n = 2 if num_labels is None else int(num_labels)
             id2label = {i: f"LABEL_{i}" for i in range(n)}
         else:
-            id2label = {int(k): v for k, v in id2label.items()}
+            id2label = _id2label(id2label)
             if num_labels is not None and int(num_labels) != len(id2label):
                 raise ValueError(
                     f"num_labels disagrees with id2label. Received: num_labels={num_labels}, "
                     f"len(id2label)={len(id2label)}. Pass one of them."
                 )
         self.id2label = id2label
+        if label2id is not None and not isinstance(label2id, dict):
+            raise ValueError(
+                f"Config field `label2id` must map label names to ids. Received: label2id={label2id!r}. Pass a dict "
+                "such as {'NEGATIVE': 0, 'POSITIVE': 1}, or leave it out."
+            )
         self.label2id = dict(label2id) if label2id is not None else {v: k for k, v in id2label.items()}
         kwargs.pop("model_type", None)
         kwargs.pop("transformers_version", None)
@@ -169,6 +332,7 @@ class GPT2Config:
         if name in ATTRIBUTE_MAP:
             name = ATTRIBUTE_MAP[name]
         if name == "num_labels":
+            _check_num_labels(value)
             self.id2label = {i: f"LABEL_{i}" for i in range(int(value))}
             self.label2id = {v: k for k, v in self.id2label.items()}
             return
@@ -188,17 +352,26 @@ class GPT2Config:
 
     # -- validation ---------------------------------------------------------------------------------------
     def validate(self) -> None:
-        """Raise `ValueError` naming the field when the config cannot describe a working model."""
+        """Raise `ValueError` naming the field when the config cannot describe a working model: a value of the wrong
+        JSON type (`FIELD_TYPES`: `"tie_word_embeddings": "false"`, `"layer_norm_epsilon": "1e-5"`, as transformers
+        v5 refuses them) or out of range."""
+        for name in FIELD_TYPES:
+            if name in _DEFAULTS:
+                check_field_type(name, getattr(self, name))
+            elif name in self.extra:
+                check_field_type(name, self.extra[name])
         for name in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}.")
+            if value <= 0:
+                raise ValueError(
+                    f"`{name}` must be a positive integer. Received: {name}={value!r}. Use a value of at least 1."
+                )
         if self.n_embd % self.n_head != 0:
             raise ValueError(
                 f"n_embd must be divisible by n_head. Received: n_embd={self.n_embd}, n_head={self.n_head}. "
                 f"Choose n_head among the divisors of {self.n_embd}."
             )
-        if self.n_inner is not None and (not isinstance(self.n_inner, int) or self.n_inner <= 0):
+        if self.n_inner is not None and self.n_inner <= 0:
             raise ValueError(f"`n_inner` must be None or a positive integer. Received: n_inner={self.n_inner!r}.")
         if self.activation_function not in SUPPORTED_ACTIVATIONS:
             raise ValueError(
@@ -210,7 +383,25 @@ class GPT2Config:
             if value is not None and not 0.0 <= float(value) < 1.0:
                 raise ValueError(f"`{name}` must be in [0, 1). Received: {name}={value!r}.")
         if self.layer_norm_epsilon <= 0:
-            raise ValueError(f"`layer_norm_epsilon` must be > 0. Received: {self.layer_norm_epsilon!r}.")
+            raise ValueError(
+                f"`layer_norm_epsilon` must be > 0. Received: layer_norm_epsilon={self.layer_norm_epsilon!r}."
+            )
+        if not 0 < self.num_labels:
+            raise ValueError(
+                f"A config needs at least one label. Received: num_labels={self.num_labels} "
+                f"(id2label={self.id2label}). "
+                "Pass num_labels >= 1, or leave it out (2 labels)."
+            )
+        if self.problem_type is not None and self.problem_type not in PROBLEM_TYPES:
+            raise ValueError(
+                f"Unknown problem_type. Received: problem_type={self.problem_type!r}. Use one of {PROBLEM_TYPES} "
+                "or None (chosen from the labels)."
+            )
+        if self.classifier_dropout is not None and not 0.0 <= self.classifier_dropout < 1.0:
+            raise ValueError(
+                "`classifier_dropout` must be None or in [0, 1). Received: "
+                f"classifier_dropout={self.classifier_dropout!r}."
+            )
         if self.summary_type not in SUMMARY_TYPES:
             raise ValueError(
                 f"Unsupported summary_type. Received: summary_type={self.summary_type!r}. Use one of {SUMMARY_TYPES}."
@@ -220,7 +411,7 @@ class GPT2Config:
         for name in ("bos_token_id", "pad_token_id", "eos_token_id"):
             value = getattr(self, name)
             values = value if isinstance(value, (list, tuple)) else ([] if value is None else [value])
-            if any(not 0 <= int(v) < self.vocab_size for v in values):
+            if any(not 0 <= v < self.vocab_size for v in values):
                 logger.warning("%s=%s is outside the vocabulary (vocab_size=%d).", name, value, self.vocab_size)
 
     @property
@@ -262,6 +453,12 @@ class GPT2Config:
     def from_json_file(cls, path: str | os.PathLike) -> "GPT2Config":
         try:
             data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except UnicodeDecodeError as e:
+            raise ValueError(
+                f"config.json is not UTF-8 text (a UTF-16 file, or a weights file given as the config?). Received: "
+                f"path={str(path)!r} ({e.reason} at byte {e.start}). Save it as UTF-8 JSON, or pass the checkpoint "
+                "directory."
+            ) from e
         except json.JSONDecodeError as e:
             raise ValueError(f"config.json is not valid JSON. Received: path={str(path)!r} ({e}).") from e
         if not isinstance(data, dict):
@@ -269,12 +466,47 @@ class GPT2Config:
         return cls.from_dict(data)
 
     @classmethod
-    def from_preset(cls, name: str, **overrides: Any) -> "GPT2Config":
-        """A released model's config without any download, e.g. `GPT2Config.from_preset("gpt2-medium")`."""
+    def from_preset(cls, name: str, *, strict: bool = True, **overrides: Any) -> "GPT2Config":
+        """A released model's config without any download, e.g. `GPT2Config.from_preset("gpt2-medium", n_layer=4)`.
+
+        Args:
+            name: A key of `PRESETS` or `PRESET_ALIASES`.
+            strict: Refuse override names that are not config fields (`n_layers=1`, a typo, would otherwise be kept
+                as an unknown key and the preset trained unchanged); False keeps them in `extra`.
+            **overrides: Config fields to change.
+        """
         key = PRESET_ALIASES.get(name, name)
         if key not in PRESETS:
             raise ValueError(f"Unknown preset. Received: name={name!r}. Use one of {sorted(PRESETS)}.")
-        return cls(**{**PRESETS[key], **overrides})
+        return cls(**PRESETS[key]).update_fields(overrides, strict=strict, source=f"the overrides of preset {name!r}")
+
+    def update_fields(
+        self, overrides: Mapping[str, Any], *, strict: bool = True, source: str = "config overrides"
+    ) -> "GPT2Config":
+        """Set config fields in place (the generic names and `num_labels` / `id2label` included), then validate;
+        returns the config. What `from_pretrained(**kwargs)`, presets and `gpt2 train --set KEY=VALUE` use.
+
+        Args:
+            overrides: Field name -> value.
+            strict: A name that is neither a field (`config_field_names()`) nor a key this config already holds
+                in `extra` is a ValueError naming it, with the closest field as a suggestion. With False such
+                names are kept in `extra` (written back to config.json).
+            source: Where the names came from, for the error (e.g. "--set").
+        """
+        if strict:
+            check_field_names(list(overrides), source, known=self.extra)
+        overrides = dict(overrides)
+        if "id2label" in overrides and "label2id" not in overrides:
+            overrides["label2id"] = {v: k for k, v in _id2label(overrides["id2label"]).items()}
+        for key, value in overrides.items():
+            if key == "id2label":
+                self.id2label = _id2label(value)
+            elif key in _DEFAULTS or key in ATTRIBUTE_MAP or key in ("num_labels", "label2id"):
+                setattr(self, key, value)
+            else:
+                self.extra[key] = value
+        self.validate()
+        return self
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, **kwargs: Any) -> "GPT2Config":
@@ -289,13 +521,10 @@ class GPT2Config:
         from gpt2_core.hub import HUB_KWARGS, resolve_file
 
         hub_kwargs = {k: kwargs.pop(k) for k in HUB_KWARGS if k in kwargs}
-        overrides = kwargs
         path = resolve_file(name_or_path, CONFIG_NAME, **hub_kwargs)
         config = cls.from_json_file(path)
-        for key, value in overrides.items():
-            setattr(config, key, value)
-        config.validate()
-        return config
+        # Keys that are no field are kept in `extra` (transformers drops them silently; here they are written back).
+        return config.update_fields(kwargs, strict=False)
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
         """Write `config.json` into `save_directory` (created if needed), atomically."""

@@ -15,6 +15,7 @@ References:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import json
@@ -23,7 +24,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 logger = logging.getLogger("gpt2_core.tokenization")
 
@@ -130,29 +131,112 @@ def token_content(value: Any, name: str) -> str | None:
 # ---------------------------------------------------------------------- reading
 
 
+def _read_text(path: str | os.PathLike, what: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except UnicodeDecodeError as e:
+        raise ValueError(
+            f"{what} is not UTF-8 text (corrupt, or another file under its name). Received: path={str(path)!r} "
+            f"({e.reason} at byte {e.start}). Save the tokenizer again (tokenizer.save_pretrained) or download it "
+            "again."
+        ) from e
+
+
+def _read_json(path: str | os.PathLike, what: str) -> Any:
+    """A tokenizer JSON file; a corrupt one is a ValueError naming the file (never a raw JSONDecodeError)."""
+    text = _read_text(path, what)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(
+            f"{what} is not valid JSON (truncated or corrupt). Received: path={str(path)!r} ({e}). Save the "
+            "tokenizer again (tokenizer.save_pretrained) or download it again."
+        ) from e
+
+
 def read_merges(path: str | os.PathLike) -> tuple[tuple[str, str], ...]:
     merges = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            line = line.rstrip("\r\n")
-            if not line or (lineno == 1 and line.startswith("#version")):
-                continue
-            parts = line.split(" ")
-            if len(parts) != 2 or not all(parts):
-                raise ValueError(
-                    f"Malformed merges file: line {lineno} should hold two tokens separated by one space. "
-                    f"Received: {path}:{lineno}={line!r}. Pass a GPT-2 style merges.txt."
-                )
-            merges.append((parts[0], parts[1]))
+    for lineno, line in enumerate(_read_text(path, "merges.txt").splitlines(), start=1):
+        line = line.rstrip("\r\n")
+        if not line or (lineno == 1 and line.startswith("#version")):
+            continue
+        parts = line.split(" ")
+        if len(parts) != 2 or not all(parts):
+            raise ValueError(
+                f"Malformed merges file: line {lineno} should hold two tokens separated by one space. "
+                f"Received: {path}:{lineno}={line!r}. Pass a GPT-2 style merges.txt."
+            )
+        merges.append((parts[0], parts[1]))
     return tuple(merges)
 
 
 def read_vocab(path: str | os.PathLike) -> dict[str, int]:
-    with open(path, encoding="utf-8") as f:
-        vocab = json.load(f)
-    if not isinstance(vocab, dict) or not all(isinstance(v, int) for v in vocab.values()):
-        raise ValueError(f"vocab.json must map token strings to integer ids. Received: {path}.")
+    vocab = _read_json(path, "vocab.json")
+    if not isinstance(vocab, dict) or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in vocab.values()
+    ):
+        raise ValueError(
+            f"vocab.json must map token strings to non-negative integer ids. Received: path={str(path)!r}. Save the "
+            "tokenizer again, or pass GPT-2's vocab.json."
+        )
+    if len(set(vocab.values())) != len(vocab):
+        seen: dict[int, str] = {}
+        dup = next((t, seen[i]) for t, i in vocab.items() if seen.setdefault(i, t) != t)
+        raise ValueError(
+            f"vocab.json gives two tokens the same id. Received: path={str(path)!r}, {dup[1]!r} and {dup[0]!r} both "
+            f"id {vocab[dup[0]]}. Save the tokenizer again, or pass GPT-2's vocab.json."
+        )
     return vocab
+
+
+def _is_special_looking(token: str) -> bool:
+    return (token.startswith("<") and token.endswith(">")) or (token.startswith("[") and token.endswith("]"))
+
+
+def check_vocab_merges(
+    vocab: Mapping[str, int],
+    merges: Sequence[tuple[str, str]],
+    vocab_path: str | os.PathLike | None = None,
+    merges_path: str | os.PathLike | None = None,
+) -> None:
+    """ValueError when `merges` cannot be this vocabulary's merges: a merge of tokens the vocabulary lacks, or a
+    merges list that looks cut short (many multi-character tokens that no merge produces: what a `merges.txt`
+    truncated at a line boundary looks like; BPE builds every token of its vocabulary, bytes, added and special
+    tokens aside, by a merge).
+
+    transformers loads such files silently; the tokenizer then splits text into more, different tokens.
+    """
+    where = f"vocab_file={str(vocab_path)!r}, merges_file={str(merges_path)!r}"
+    produced = set()
+    for lineno, (a, b) in enumerate(merges, start=1):
+        merged = a + b
+        if merged not in vocab:
+            raise ValueError(
+                f"merges.txt does not belong to vocab.json: merge {lineno} ({a!r} {b!r}) makes {merged!r}, which the "
+                f"vocabulary lacks (a truncated line, or files of two tokenizers). Received: {where}. Pass the "
+                "merges.txt saved with this vocab.json."
+            )
+        produced.add(merged)
+    orphans = [t for t in vocab if len(t) > 1 and t not in produced and not _is_special_looking(t)]
+    limit = max(16, len(vocab) // 1000)
+    if len(orphans) > limit:
+        by_id = sorted(orphans, key=lambda t: vocab[t])
+        raise ValueError(
+            f"merges.txt looks truncated: {len(orphans)} of the {len(vocab)} vocabulary tokens are made by no merge "
+            f"(the first: {by_id[0]!r}, id {vocab[by_id[0]]}); BPE makes each multi-character token by one merge. "
+            f"Received: {where} with {len(merges)} merges. Pass the whole merges.txt saved with this vocab.json."
+        )
+
+
+def read_vocab_files(
+    vocab_path: str | os.PathLike, merges_path: str | os.PathLike
+) -> tuple[dict[str, int], tuple[tuple[str, str], ...]]:
+    """`vocab.json` and `merges.txt`, each checked (`read_vocab`, `read_merges`) and checked against each other
+    (`check_vocab_merges`: a truncated merges.txt is an error, not a tokenizer that splits text differently)."""
+    vocab, merges = read_vocab(vocab_path), read_merges(merges_path)
+    check_vocab_merges(vocab, merges, vocab_path, merges_path)
+    return vocab, merges
 
 
 @dataclass
@@ -167,21 +251,45 @@ class TokenizerJson:
 
 def read_tokenizer_json(path: str | os.PathLike) -> TokenizerJson:
     """Vocabulary, merges and added tokens from a `tokenizers` JSON file (what transformers v5 writes)."""
-    with open(path, encoding="utf-8") as f:
-        data = json.load(f)
-    model = data.get("model") or {}
-    if model.get("type") != "BPE":
+    data = _read_json(path, "tokenizer.json")
+    model = (data.get("model") if isinstance(data, dict) else None) or {}
+    if not isinstance(model, dict) or model.get("type") != "BPE":
         raise ValueError(
-            f"{path} does not describe a BPE tokenizer. Received: model.type={model.get('type')!r}. "
+            f"{path} does not describe a BPE tokenizer. Received: model.type="
+            f"{model.get('type') if isinstance(model, dict) else None!r}. "
             "Pass a directory with GPT-2's vocab.json and merges.txt."
         )
-    merges = tuple(tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"])
-    added = [(int(t["id"]), AddedToken.from_value(t)) for t in data.get("added_tokens") or []]
+    vocab, raw_merges = model.get("vocab"), model.get("merges")
+    if not isinstance(vocab, dict) or not isinstance(raw_merges, list):
+        raise ValueError(
+            f"tokenizer.json lacks its BPE vocabulary or merges. Received: path={str(path)!r}, "
+            f"model.vocab={type(vocab).__name__}, model.merges={type(raw_merges).__name__}. Save the tokenizer again."
+        )
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in vocab.values()):
+        raise ValueError(
+            f"tokenizer.json's vocabulary must map tokens to non-negative integer ids. Received: path={str(path)!r}. "
+            "Save the tokenizer again."
+        )
+    try:
+        merges = tuple(tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in raw_merges)
+        bad = next((m for m in merges if len(m) != 2 or not all(isinstance(p, str) and p for p in m)), None)
+        added = [(int(t["id"]), AddedToken.from_value(t)) for t in data.get("added_tokens") or []]
+    except (TypeError, KeyError, ValueError, AttributeError) as e:
+        raise ValueError(
+            f"tokenizer.json has a malformed merge or added token. Received: path={str(path)!r} ({e!r}). Save the "
+            "tokenizer again."
+        ) from e
+    if bad is not None:
+        raise ValueError(
+            f"tokenizer.json has a malformed merge: each merge is two tokens. Received: path={str(path)!r}, "
+            f"merge={list(bad)!r}. Save the tokenizer again."
+        )
+    check_vocab_merges(vocab, merges, path, path)
     pre = data.get("pre_tokenizer") or {}
     if pre.get("type") == "Sequence":
         pre = next((p for p in pre.get("pretokenizers", []) if p.get("type") == "ByteLevel"), {})
     add_prefix_space = pre.get("add_prefix_space") if pre.get("type") == "ByteLevel" else None
-    return TokenizerJson(dict(model["vocab"]), merges, added, add_prefix_space)  # type: ignore[arg-type]
+    return TokenizerJson(dict(vocab), merges, added, add_prefix_space)  # type: ignore[arg-type]
 
 
 @functools.lru_cache(maxsize=1)
@@ -207,8 +315,12 @@ def read_config(path: str | os.PathLike, special_only: bool = False) -> dict[str
     Added tokens come back under the private key `_added_tokens` as (id or None, AddedToken) pairs, the extra
     special tokens under `additional_special_tokens`.
     """
-    with open(path, encoding="utf-8") as f:
-        config = json.load(f)
+    config = _read_json(path, Path(path).name)
+    if not isinstance(config, dict):
+        raise ValueError(
+            f"{Path(path).name} must hold a JSON object. Received: path={str(path)!r}, a {type(config).__name__}. "
+            "Save the tokenizer again."
+        )
     keys = SPECIAL_TOKEN_NAMES if special_only else _CONFIG_KEYS
     kwargs: dict[str, Any] = {k: config[k] for k in keys if k in config}
     for name in SPECIAL_TOKEN_NAMES:
@@ -232,10 +344,12 @@ def read_config(path: str | os.PathLike, special_only: bool = False) -> dict[str
 
 def read_added_tokens_json(path: str | os.PathLike) -> list[tuple[int, AddedToken]]:
     """transformers v4's `added_tokens.json` (token -> id), as (id, AddedToken) pairs in id order."""
-    with open(path, encoding="utf-8") as f:
-        data = json.load(f)
-    if not isinstance(data, dict):
-        raise ValueError(f"added_tokens.json must map token strings to ids. Received: {path}.")
+    data = _read_json(path, "added_tokens.json")
+    if not isinstance(data, dict) or not all(isinstance(i, int) and not isinstance(i, bool) for i in data.values()):
+        raise ValueError(
+            f"added_tokens.json must map token strings to integer ids. Received: path={str(path)!r}. Save the "
+            "tokenizer again."
+        )
     return sorted(((int(i), AddedToken(t)) for t, i in data.items()), key=lambda it: it[0])
 
 
@@ -320,6 +434,34 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 def _dumps(data: Any) -> str:
     return json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+@contextlib.contextmanager
+def atomic_save(save_directory: str | os.PathLike) -> Iterator[Path]:
+    """Stage a whole tokenizer save and publish it together, or nothing (`gpt2_core.hub.atomic_files`).
+
+        with io.atomic_save(save_directory) as staging:
+            written = [*io.write_pretrained(staging, ...), *io.write_vocab_files(staging, ...)]
+        return io.published(written, save_directory)
+
+    On any error (a full disk: `hub.DiskFullError`, Ctrl-C, SIGTERM inside `hub.sigterm_raises`) nothing in
+    `save_directory` changes; two processes saving there leave one whole save, `tokenizer_config.json` published
+    last. Other files in `save_directory` (a model) are kept.
+    """
+    from gpt2_core.hub import atomic_files
+
+    directory = Path(save_directory)
+    if directory.exists() and not directory.is_dir():
+        raise ValueError(
+            f"save_directory must be a directory. Received: save_directory={os.fspath(save_directory)!r}, a file."
+        )
+    with atomic_files(directory, last=(TOKENIZER_CONFIG_FILE,)) as staging:
+        yield staging
+
+
+def published(paths: Sequence[str | os.PathLike], save_directory: str | os.PathLike) -> tuple[str, ...]:
+    """The final paths in `save_directory` of files written into an `atomic_save` staging directory."""
+    return tuple(str(Path(save_directory) / Path(p).name) for p in paths)
 
 
 def prepare_directory(save_directory: str | os.PathLike) -> Path:

@@ -17,7 +17,10 @@ import hashlib
 import json
 import logging
 import math
+import numbers
 import os
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,7 +62,10 @@ class TrainConfig:
         seed: Seed of the data order and of initialisation.
         dropout: Overrides the config's dropout rates when set.
         overrides: Config fields to override when training from scratch (n_layer, n_embd, ...).
-        resume: Continue from the last checkpoint in output_dir.
+        resume: Continue from the last checkpoint in output_dir: a checkpoint saved with other settings
+            (`RESUME_MAY_CHANGE` aside) or beyond `max_steps` is refused.
+        force: Start afresh in an output_dir that holds an earlier run (its checkpoints and metrics are removed).
+            Without `resume` or `force`, a non-empty output_dir is refused.
     """
 
     data: Sequence[str] = ()
@@ -85,11 +91,63 @@ class TrainConfig:
     dropout: float | None = None
     overrides: dict = field(default_factory=dict)
     resume: bool = False
+    force: bool = False
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
         d["data"] = list(self.data)
         return d
+
+    def validate(self) -> None:
+        """ValueError naming the first setting out of its range (before any file is read or written)."""
+        def bad(name: str, value: Any, rule: str) -> ValueError:
+            flag = "--" + name.replace("_", "-")
+            return ValueError(f"{flag} must be {rule}. Received: {name}={value!r}. Pass {flag} {rule}.")
+
+        for name in ("batch_size", "max_steps", "log_every", "eval_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                raise bad(name, value, "an integer >= 1")
+        for name in ("warmup_steps", "eval_batches", "save_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+                raise bad(name, value, "an integer >= 0" + (" (0 = the whole held-out split)" if name == "eval_batches"
+                                                           else " (0 = only at the end)" if name == "save_every" else ""))
+        if isinstance(self.block_size, bool) or not isinstance(self.block_size, numbers.Integral) or self.block_size < 2:
+            raise bad("block_size", self.block_size, "an integer >= 2")
+
+        def number(name: str) -> float:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+                raise bad(name, value, "a finite number")
+            return float(value)
+
+        checks = {
+            "learning_rate": (lambda v: v > 0, "> 0"),
+            "min_lr_ratio": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+            "weight_decay": (lambda v: v >= 0, ">= 0"),
+            "beta1": (lambda v: 0 <= v < 1, "in [0, 1)"),
+            "beta2": (lambda v: 0 <= v < 1, "in [0, 1)"),
+            "eps": (lambda v: v > 0, "> 0"),
+            "grad_clip": (lambda v: v >= 0, ">= 0 (0 = off)"),
+            "eval_fraction": (lambda v: 0 <= v < 1, "in [0, 1) (a share of the text; 0 = no held-out split)"),
+        }
+        for name, (ok, rule) in checks.items():
+            if not ok(number(name)):
+                raise bad(name, getattr(self, name), rule)
+        if self.dropout is not None and not (0 <= number("dropout") <= 1):
+            raise bad("dropout", self.dropout, "in [0, 1]")
+        if self.resume and self.force:
+            raise ValueError(
+                "--resume and --force contradict each other. Received: resume=True, force=True. Pass --resume to "
+                "continue the run in --output-dir, or --force to start afresh there."
+            )
+
+
+# Settings a resumed run may change: how long it runs and how often it logs, evaluates and saves. Any other
+# difference between the checkpoint's saved settings and the new ones (data, model, batch, schedule, seed) is refused.
+RESUME_MAY_CHANGE = ("output_dir", "max_steps", "eval_every", "eval_batches", "save_every", "log_every", "resume",
+                     "force")
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -397,10 +455,82 @@ def load_tokenizer(pretrained: str | None):
 def save_checkpoint(backend: TrainerBackend, tokenizer, directory: Path, step: int, tc: TrainConfig, extra: dict) -> None:
     """A Hub-layout model directory plus optimizer and trainer state; the state file is written last, so a
     directory without it is incomplete and ignored by resume."""
-    directory.mkdir(parents=True, exist_ok=True)
-    backend.save(directory, optimizer=True)
-    tokenizer.save_pretrained(directory)
-    write_state(directory, step, tc, extra)
+    from gpt2_core.hub import atomic_directory
+
+    # staged beside and renamed into place whole: an interrupted save (Ctrl-C, SIGTERM, a full disk) leaves no
+    # half-written checkpoint-STEP, and re-saving one replaces it in one step
+    with atomic_directory(directory, force=True) as tmp:
+        backend.save(tmp, optimizer=True)
+        tokenizer.save_pretrained(tmp)
+        write_state(tmp, step, tc, extra)
+
+
+def _run_files(out: Path) -> list[str]:
+    """What in `out` an earlier run wrote that a new run must not mix with (checkpoints, metrics)."""
+    return sorted(p.name for p in out.iterdir() if p.name == METRICS_NAME or p.name.startswith("checkpoint-"))
+
+
+def prepare_output_dir(tc: TrainConfig, clear: bool = True) -> Path:
+    """Create (or check) `output_dir`: a directory we can write in; one holding anything is refused unless
+    `resume` or `force`; with `force` (and `clear`: rank 0) the earlier run's checkpoints and metrics are removed."""
+    out = Path(tc.output_dir)
+    if os.path.lexists(out) and not out.is_dir():
+        raise NotADirectoryError(
+            f"--output-dir is not a directory. Received: output_dir={str(out)!r}, a file. Remove it or choose "
+            "another directory."
+        )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=out)  # read-only mounts too, even as root
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise PermissionError(
+            f"Cannot write in --output-dir. Received: output_dir={str(out)!r} ({e.strerror or e}). Choose a "
+            "directory you can write to."
+        ) from None
+    entries = sorted(p.name for p in out.iterdir() if not p.name.startswith(".write-test."))  # another rank's probe
+    if tc.force and clear:
+        for name in _run_files(out):
+            path = out / name
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+    elif entries and not tc.resume and not tc.force:
+        shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+        raise FileExistsError(
+            f"--output-dir is not empty (an earlier run?). Received: output_dir={str(out)!r} holding {shown}. Pass "
+            "--resume to continue that run, --force to start afresh there (its checkpoints and metrics are "
+            "removed), or choose another directory."
+        )
+    return out
+
+
+def check_resume(state: dict, tc: TrainConfig, checkpoint: Path) -> None:
+    """ValueError when the checkpoint's saved settings differ from `tc` beyond `RESUME_MAY_CHANGE`, or its step
+    is beyond `max_steps`."""
+    step = int(state["step"])
+    if step > tc.max_steps:
+        raise ValueError(
+            f"The checkpoint at step {step} is beyond --max-steps {tc.max_steps}. Received: {str(checkpoint)!r}, "
+            f"max_steps={tc.max_steps}. Pass --max-steps >= {step} to continue that run, or --force to start "
+            "afresh."
+        )
+    saved = state.get("train_config") or {}
+    new = tc.to_json()
+    differ = []
+    for key, value in saved.items():
+        if key in RESUME_MAY_CHANGE or key not in new:
+            continue
+        if key == "data":
+            same = [os.path.normpath(str(v)) for v in value] == [os.path.normpath(str(v)) for v in new[key]]
+        else:
+            same = json.loads(json.dumps(new[key])) == value
+        if not same:
+            differ.append(f"{key}={new[key]!r} (checkpoint: {value!r})")
+    if differ:
+        raise ValueError(
+            f"--resume found a checkpoint of other settings. Received: {'; '.join(differ)} in {str(checkpoint)!r}. "
+            "Pass the settings of that run to continue it, or --force to start afresh."
+        )
 
 
 def run_training(tc: TrainConfig, backend: TrainerBackend, progress: bool = True) -> dict:
@@ -409,25 +539,31 @@ def run_training(tc: TrainConfig, backend: TrainerBackend, progress: bool = True
     `output_dir` gets `metrics.jsonl`, `checkpoint-STEP/` every `save_every` steps and at the end (model,
     tokenizer, optimizer state, then `trainer_state.json`), and the final model and tokenizer.
     """
+    tc.validate()
     world, rank = backend.world_size, backend.rank
     if tc.batch_size % world:
         raise ValueError(
             f"--batch-size must be divisible by the number of {backend.world_unit}. Received: batch_size="
             f"{tc.batch_size}, {world} {backend.world_unit}. Use a multiple of {world}."
         )
-    out = Path(tc.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     config, pretrained = resolve_model_config(tc)
+    # rank 0 alone clears (--force); every rank checks, before any of them writes (the first write follows build)
+    out = prepare_output_dir(tc, clear=rank == 0)
     tokenizer = load_tokenizer(pretrained)
     ds = build_dataset(collect_text_files(tc.data), tokenizer, tc.block_size, config.n_positions, tc.eval_fraction)
     if config.vocab_size < tokenizer.vocab_size:
         raise ValueError(f"The model's vocab_size is smaller than the tokenizer's. Received: {config.vocab_size} < {tokenizer.vocab_size}.")
 
-    start_step = 0
+    start_step, last = 0, {}
     resume_dir = last_checkpoint(out) if tc.resume else None
     if resume_dir is not None:
-        start_step = int(read_state(resume_dir)["step"])
+        state = read_state(resume_dir)
+        check_resume(state, tc, resume_dir)
+        start_step = int(state["step"])
+        last = {k: state[k] for k in ("step", "loss", "eval_loss", "eval_perplexity") if k in state}
         logger.info("Resuming from %s (step %d)", resume_dir, start_step)
+    elif tc.resume:
+        logger.info("--resume: no checkpoint in %s; starting from step 0.", out)
     if resume_dir is not None:
         backend.build(tc, config=None, weights=resume_dir, optimizer_state=resume_dir)
     else:
@@ -445,16 +581,21 @@ def run_training(tc: TrainConfig, backend: TrainerBackend, progress: bool = True
         from tqdm.auto import tqdm
 
         bar = tqdm(total=tc.max_steps, initial=start_step, desc="train", unit="step")
-    t0, tokens, last = time.perf_counter(), 0, {}
+    t0, tokens = time.perf_counter(), 0
     for step in range(start_step, tc.max_steps):
         batch = next(batches)
         lr = learning_rate(step, tc)
         loss, grad_norm = backend.step(batch, lr)
         tokens += batch.size
         loss_value = float(loss)
-        if not math.isfinite(loss_value):
-            raise FloatingPointError(f"The loss became {loss_value} at step {step}. Lower --learning-rate.")
         done = step + 1
+        if not math.isfinite(loss_value):
+            raise FloatingPointError(
+                f"The loss became {loss_value} at step {step} (optimizer step {done} of {tc.max_steps}). Received: "
+                f"learning_rate={tc.learning_rate}. Lower "
+                "--learning-rate (or check the data and model); the last checkpoint is kept, nothing of this step "
+                "was saved."
+            )
         if done % tc.log_every == 0 or done == tc.max_steps:
             rate = tokens / (time.perf_counter() - t0)
             log.write(step=done, loss=loss_value, lr=lr, grad_norm=float(grad_norm), tokens_per_s=rate)
@@ -473,7 +614,8 @@ def run_training(tc: TrainConfig, backend: TrainerBackend, progress: bool = True
     if bar is not None:
         bar.close()
     if rank == 0:
-        save_checkpoint(backend, tokenizer, out / f"checkpoint-{tc.max_steps}", tc.max_steps, tc, last)
+        if start_step < tc.max_steps:  # resuming a finished run re-publishes its final model, from that checkpoint
+            save_checkpoint(backend, tokenizer, out / f"checkpoint-{tc.max_steps}", tc.max_steps, tc, last)
         backend.save(out, optimizer=False)
         tokenizer.save_pretrained(out)
         log.write(event="end", **last)

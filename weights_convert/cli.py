@@ -4,8 +4,10 @@
                  [--max-shard-size 2GB] [--head HEAD] [--config config.json] [--force] [--verify] [-q | -v]
 
 Exit codes: 0 success, 2 bad input (missing or corrupt files, a config that disagrees with the weights, an existing
-output without --force), 1 any other failure (a missing optional dependency, a disk error), 130 interrupted. Errors
-are one message on stderr, never a traceback (-v shows it).
+output without --force, also one that appeared while converting: it is never replaced), 1 any other failure (a
+missing optional dependency, a full disk, a disk error), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM). Errors
+are one message on stderr, never a traceback (-v shows it). Interrupted or failed, the output is not created and the
+temporary directory beside it is removed.
 """
 
 from __future__ import annotations
@@ -15,13 +17,14 @@ import logging
 import sys
 import traceback
 
+from gpt2_core import hub
 from gpt2_core.naming import HEADS
 from weights_convert.conversion import convert
 from weights_convert.formats import DTYPES, FORMATS
 
 logger = logging.getLogger("weights_convert")
 
-EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,6 +88,21 @@ def _verify(src: str, dst: str) -> int:
     return EXIT_OK
 
 
+def _convert(args) -> object:
+    return convert(
+        args.src,
+        args.output,
+        args.to,
+        src_format=args.src_format,
+        dtype=args.dtype,
+        max_shard_size=args.max_shard_size,
+        force=args.force,
+        head=args.head,
+        config=args.config,
+        progress=False if args.no_progress or args.quiet else None,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # exits 2 with a usage message on bad arguments
@@ -92,18 +110,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(levelname)s: %(message)s", stream=sys.stderr)
     logging.getLogger("weights_convert").setLevel(level)
     try:
-        out = convert(
-            args.src,
-            args.output,
-            args.to,
-            src_format=args.src_format,
-            dtype=args.dtype,
-            max_shard_size=args.max_shard_size,
-            force=args.force,
-            head=args.head,
-            config=args.config,
-            progress=False if args.no_progress or args.quiet else None,
-        )
+        with hub.sigterm_raises():  # SIGTERM cleans up like Ctrl-C
+            out = _convert(args)
+    except hub.Terminated:
+        print("gpt2-convert: terminated; nothing was written.", file=sys.stderr)
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
         print("gpt2-convert: interrupted; nothing was written.", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -113,7 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError as e:
         _error(str(e), args)
         return EXIT_FAILURE
-    except Exception as e:  # disk full, permissions, a library bug: still one line, not a traceback
+    except hub.DiskFullError as e:
+        _error(str(e), args)
+        return EXIT_FAILURE
+    except Exception as e:  # permissions, a library bug: still one line, not a traceback
         _error(f"{type(e).__name__}: {e}", args)
         return EXIT_FAILURE
     if not args.quiet:

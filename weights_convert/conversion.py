@@ -57,6 +57,19 @@ def _copy_tokenizer(source_dir: Path | None, directory: Path, to: str) -> list[P
     return copied
 
 
+def _output_bytes(tensors: Mapping[str, np.ndarray] | Checkpoint, dtype: np.dtype | None) -> int:
+    """The bytes of the tensors as written (headers aside): what the output needs at least."""
+    total = 0
+    for key in tensors.keys():
+        if isinstance(tensors, Checkpoint):
+            shape, item = tensors.shapes[key], np.dtype(dtype or tensors.dtypes[key]).itemsize
+        else:
+            value = np.asarray(tensors[key])
+            shape, item = value.shape, np.dtype(dtype or value.dtype).itemsize
+        total += int(np.prod(shape, dtype=np.int64)) * item
+    return total
+
+
 def save_checkpoint(
     directory: str | os.PathLike,
     config: GPT2Config,
@@ -94,6 +107,7 @@ def save_checkpoint(
     if not isinstance(tensors, Checkpoint):  # the same strict check readers apply
         tensors, _ = naming.from_hub_state_dict(tensors, config, head, allow_missing_head=False, source="tensors")
     directory = Path(directory)
+    hub.check_free_space(directory, _output_bytes(tensors, np_dtype))  # before a writer meets a full disk
     with hub.atomic_directory(directory, force=force) as tmp:
         source = Source(tensors, np_dtype, progress, f"{to} <- {directory.name}")
         formats.write(to, tmp, config, head, source, max_shard_size=max_shard_size)

@@ -36,6 +36,7 @@ from weights_convert.formats.base import (
     Source,
     dtype_name,
     hub_names,
+    is_float_dtype,
     numpy_dtype,
     stub,
     table_names,
@@ -151,6 +152,7 @@ def open_checkpoint(
     config: GPT2Config | str | os.PathLike | None = None,
     head: str | None = None,
     allow_missing_head: bool = False,
+    ignore_mismatched_sizes: bool = False,
 ) -> Checkpoint:
     """Open a checkpoint (file or directory) for reading; shapes are checked against the config before any read.
 
@@ -163,9 +165,13 @@ def open_checkpoint(
             config's `architectures`, else the file's own metadata, else `base`. Other heads are dropped.
         allow_missing_head: A head the file lacks is then listed in `Checkpoint.missing_head_keys` (for
             `from_pretrained` to initialise) instead of an error.
+        ignore_mismatched_sizes: transformers' switch: a head tensor whose shape differs from the config's (a
+            2-label classifier loaded with `num_labels=3`) is left out and listed in `Checkpoint.mismatched_keys`
+            and `missing_head_keys` (to be initialised) instead of an error. Body tensors must always fit.
 
     Raises:
-        ValueError: Corrupt or non-GPT-2 files, or a config that disagrees with the tensors (every mismatch listed).
+        ValueError: Corrupt or non-GPT-2 files, a config that disagrees with the tensors (every mismatch listed), a
+            weight stored as an integer or boolean tensor, a shard index naming files outside its directory.
         FileNotFoundError: Missing files.
     """
     path = Path(path)
@@ -174,7 +180,7 @@ def open_checkpoint(
         raise ValueError(f"Unknown head. Received: head={head!r}. Use one of {naming.HEADS}.")
     closers: list[Callable[[], None]] = []
     try:
-        return _open(path, fmt, config, head, allow_missing_head, closers)
+        return _open(path, fmt, config, head, allow_missing_head, closers, ignore_mismatched_sizes)
     except BaseException:
         for close in reversed(closers):
             with contextlib.suppress(Exception):
@@ -182,7 +188,10 @@ def open_checkpoint(
         raise
 
 
-def _open(path: Path, fmt: Format, config, head: str | None, allow_missing_head: bool, closers: list) -> Checkpoint:
+def _open(
+    path: Path, fmt: Format, config, head: str | None, allow_missing_head: bool, closers: list,
+    ignore_mismatched_sizes: bool = False,
+) -> Checkpoint:
     files, source_dir = fmt.locate(path)
     cfg = _load_config(source_dir, fmt, config)
 
@@ -226,9 +235,35 @@ def _open(path: Path, fmt: Format, config, head: str | None, allow_missing_head:
     expected = naming.shape_table(cfg, head)
     # names the table does not know are reported under the file's own name
     selected = {(k if k in expected else origin[k]): v for k, v in naming.select_head(stubs, cfg, head).items()}
+    unexpected = [
+        origin[k] for k in stubs
+        if k not in selected and not any(p.match(origin[k]) for p in naming.IGNORED_KEY_PATTERNS)
+        and not (k == "lm_head.weight" and cfg.tie_word_embeddings)
+    ]
+    mismatched = []
+    if ignore_mismatched_sizes:
+        for key in [k for k in selected if naming.is_head_key(k) and k in expected]:
+            if tuple(selected[key].shape) != tuple(expected[key][0]):
+                mismatched.append((key, tuple(selected[key].shape), tuple(expected[key][0])))
+                del selected[key]
+        if mismatched:
+            logger.warning(
+                "Head tensors of the checkpoint do not fit the config and are newly initialised "
+                "(ignore_mismatched_sizes=True): %s",
+                ", ".join(f"{k}: checkpoint {a}, model {b}" for k, a, b in mismatched),
+            )
     missing_head = naming.check_canonical(
-        selected, cfg, head, f"{fmt.name} checkpoint at {str(path)!r}", allow_missing_head=allow_missing_head
+        selected, cfg, head, f"{fmt.name} checkpoint at {str(path)!r}",
+        allow_missing_head=allow_missing_head or bool(mismatched),
     )
+    not_float = [f"{origin[k]} ({dtype_name(listing[origin[k]][1])})" for k in selected
+                 if not is_float_dtype(listing[origin[k]][1])]
+    if not_float:
+        raise ValueError(
+            f"The {fmt.name} checkpoint at {str(path)!r} stores weights as non-float tensors. Received: "
+            f"{', '.join(not_float[:10])}{' ...' if len(not_float) > 10 else ''}. Weights must be float16, "
+            "bfloat16, float32 or float64; the file is corrupt or not a GPT-2 checkpoint: save or convert it again."
+        )
 
     loaders = {}
     for key in selected:
@@ -243,6 +278,8 @@ def _open(path: Path, fmt: Format, config, head: str | None, allow_missing_head:
         dtypes={k: listing[origin[k]][1] for k in selected},
         source_dir=source_dir,
         missing_head_keys=missing_head,
+        unexpected_keys=unexpected,
+        mismatched_keys=mismatched,
         _loaders=loaders,
         _closers=closers,
     )

@@ -64,6 +64,40 @@ def dtype_name(dtype: np.dtype) -> str:
     return "bfloat16" if dtype.name == "bfloat16" else np.dtype(dtype).name
 
 
+# The dtypes a weight may have in a file: the model's parameters are floats, so an integer or boolean tensor where a
+# weight belongs is a corrupt or foreign file (transformers would copy its values into the float parameter).
+FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
+
+
+def is_float_dtype(dtype: np.dtype) -> bool:
+    return dtype_name(np.dtype(dtype)) in FLOAT_DTYPES
+
+
+def non_finite(tensors, keys=None) -> list[tuple[str, int, tuple[int, ...]]]:
+    """(key, count of NaN/inf values, index of the first) of every tensor holding a non-finite value, in order.
+
+    Reads each tensor once (a `Checkpoint` or a dict); bfloat16 (`ml_dtypes`) included."""
+    out = []
+    for key in tensors.keys() if keys is None else keys:
+        value = np.asarray(tensors[key])
+        if not is_float_dtype(value.dtype):
+            continue
+        bad = ~np.isfinite(value)
+        if bad.any():
+            first = tuple(int(i) for i in np.unravel_index(int(np.argmax(bad)), value.shape))
+            out.append((key, int(bad.sum()), first))
+    return out
+
+
+def non_finite_message(found: list[tuple[str, int, tuple[int, ...]]], where: str) -> str:
+    key, count, first = found[0]
+    more = f" (and {len(found) - 1} more tensors: {[k for k, _, _ in found[1:6]]})" if len(found) > 1 else ""
+    return (
+        f"The weights hold NaN or inf values: tensor {key!r} has {count} non-finite value(s), the first at index "
+        f"{list(first)}{more}. Received: {where}."
+    )
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The registry's record of one format
 # ---------------------------------------------------------------------------------------------------------------
@@ -122,7 +156,8 @@ class Format:
             if not (path / index).is_file():
                 raise FileNotFoundError(f"No {single} or {index} in the directory. Received: path={str(path)!r}.")
             path = path / index
-        if path.name.endswith(hub.INDEX_SUFFIX):
+        if hub.is_index_name(path.name):
+            # read_index confines the shard names to plain file names beside the index
             files = [path.parent / name for name in sorted(set(hub.read_index(path).values()))]
             missing = [f.name for f in files if not f.is_file()]
             if missing:
@@ -159,7 +194,13 @@ class Checkpoint:
         shapes: Canonical key -> shape (in canonical layout).
         dtypes: Canonical key -> dtype stored in the file.
         source_dir: The directory the checkpoint came from (tokenizer files are copied from there).
-        missing_head_keys: Head keys the file lacks (only when opened with `allow_missing_head`).
+        missing_head_keys: Head keys the file lacks (only when opened with `allow_missing_head`), and head keys
+            whose shape differs from the config's (only with `ignore_mismatched_sizes`).
+        unexpected_keys: Tensors of the file the `head` model does not use (another task's head), under the file's
+            names; the old causal-mask buffers (`naming.IGNORED_KEY_PATTERNS`) and a tied `lm_head.weight` copy are
+            not listed, as transformers does not list them.
+        mismatched_keys: (key, shape in the file, shape the config gives) of the head tensors left out because their
+            shape differs (only with `ignore_mismatched_sizes`; they are in `missing_head_keys` too).
     """
 
     format: str
@@ -169,6 +210,8 @@ class Checkpoint:
     dtypes: dict[str, np.dtype]
     source_dir: Path | None
     missing_head_keys: list[str] = field(default_factory=list)
+    unexpected_keys: list[str] = field(default_factory=list)
+    mismatched_keys: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
     _loaders: dict[str, Callable[[], np.ndarray]] = field(repr=False, default_factory=dict)
     _closers: list[Callable[[], None]] = field(repr=False, default_factory=list)
 

@@ -75,7 +75,7 @@ def list_tensors(files: list[Path], closers: list) -> tuple[Listing, str | None]
                     f"path={str(path)!r}. Save the model with a transformers 4.x TF class's save_pretrained."
                 )
             for layer in layer_names:
-                obj = f[layer]
+                obj = _h5_get(f, layer, path)
                 if isinstance(obj, h5py.Dataset):  # a shard: datasets named like transformer/h_._0/.../weight:0
                     add(layer, obj)
                     continue
@@ -83,10 +83,21 @@ def list_tensors(files: list[Path], closers: list) -> tuple[Listing, str | None]
                     # Keras names start with the model name (tfgpt2lm_head_model/...), which transformers ignores.
                     model_name, _, rest = weight_name.partition("/")
                     model_names.add(model_name)
-                    add(rest, obj[weight_name])
+                    add(rest, _h5_get(obj, weight_name, path, layer))
         except KeyError as e:
             raise corrupt(path, e, "HDF5 file") from e
     return out, _head_from_model_names(model_names)
+
+
+def _h5_get(group, name: str, path: Path, layer: str | None = None):
+    """`group[name]`; a name the file's own lists give but the file lacks is a missing key, named."""
+    if name in group:
+        return group[name]
+    full = f"{layer}/{name}" if layer else name
+    raise ValueError(
+        f"The HDF5 file is missing a weight its layer list names: missing key {full!r}. Received: path={str(path)!r}. "
+        "The file is incomplete (an interrupted save, or a dataset deleted); save or convert the model again."
+    )
 
 
 def _head_from_model_names(model_names: set[str]) -> str | None:
