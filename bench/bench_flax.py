@@ -61,7 +61,7 @@ def run_ours(args) -> dict:
         ids = _prompts(batch, args.prompt)
 
         def decode():
-            result = model.generate(ids, max_new_tokens=args.new, eos_token_id=[])
+            result = model.generate(ids, max_new_tokens=args.new, eos_token_id=[]).sequences
             assert result.shape == (batch, args.prompt + args.new)
             result.block_until_ready()
 

@@ -319,6 +319,14 @@ class FlaxBackend(Backend):
         arr = np.asarray(value)
         return arr.astype(np.float32) if arr.dtype.name in ("bfloat16", "float16") else arr
 
+    def generate(self, model: Any, input_ids: np.ndarray, attention_mask: np.ndarray | None = None, **kwargs: Any) -> Any:
+        """`model.generate` on NumPy ids (B, T) and mask; returns NumPy ids (B, T + new) like the other backends.
+        gpt2_flax always returns an output object (transformers 4.x Flax style): with `return_dict_in_generate`
+        it is returned as is, else its `sequences`."""
+        mask = None if attention_mask is None else self._generate_input(attention_mask)
+        out = model.generate(self._generate_input(input_ids), attention_mask=mask, **kwargs)
+        return out if kwargs.get("return_dict_in_generate") else self._array(out.sequences)
+
 
 _REGISTRY: dict[str, type[Backend]] = {"torch": TorchBackend, "tf": TFBackend, "flax": FlaxBackend}
 _INSTANCES: dict[str, Backend] = {}

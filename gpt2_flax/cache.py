@@ -100,6 +100,12 @@ class KVCache:
             length = (self.length + steps).astype(jnp.int32)
         return KVCache(key=tuple(key), value=tuple(value), length=length)
 
+    def reorder(self, beam_idx: jax.Array) -> "KVCache":
+        """The rows (B,) `beam_idx` of every layer's buffers, gathered into new buffers (beam search), same length."""
+        key = tuple(jnp.take(k, beam_idx, axis=0) for k in self.key)
+        value = tuple(jnp.take(v, beam_idx, axis=0) for v in self.value)
+        return KVCache(key=key, value=value, length=self.length)
+
     @property
     def max_length(self) -> int:
         """S_max: slots per layer."""

@@ -34,6 +34,7 @@ from flax import nnx
 
 from gpt2_core import checks, reference
 from gpt2_core.config import GPT2Config
+from gpt2_core.generation_config import GenerationConfig
 from gpt2_core.outputs import (
     OUTPUT_CLASSES,
     BaseModelOutputWithPastAndCrossAttentions,
@@ -304,6 +305,8 @@ class FlaxGPT2PreTrainedModel(nnx.Module):
         if not isinstance(config, GPT2Config):
             raise TypeError(f"config must be a gpt2_core.GPT2Config. Received: type={type(config).__name__}.")
         self.config = config
+        # what `generate` starts from (transformers' rule: only models that generate carry one)
+        self.generation_config = GenerationConfig.from_model_config(config) if self.head == "lm" else None
 
     # -- parameters through gpt2_core.naming ------------------------------------------------------------------
     def init_weights(self, seed: int | None = None) -> None:
@@ -371,6 +374,8 @@ class FlaxGPT2PreTrainedModel(nnx.Module):
         with reference.skip_init():
             model = cls(loaded.config, rngs=rngs)
         model.load_canonical(loaded.canonical)
+        if model.generation_config is not None:
+            model.generation_config = loaded.generation_config
         if dtype is not None:
             cast_params(model, dtype)
         model.eval()
@@ -385,7 +390,10 @@ class FlaxGPT2PreTrainedModel(nnx.Module):
 
         if not safe_serialization:
             raise ValueError("Only safetensors is written. Received: safe_serialization=False. Use gpt2-convert --to pytorch.")
-        save_pretrained(save_directory, self.config, self.canonical_state_dict(), self.head, max_shard_size=max_shard_size)
+        save_pretrained(
+            save_directory, self.config, self.canonical_state_dict(), self.head, max_shard_size=max_shard_size,
+            generation_config=self.generation_config,
+        )
 
     def num_parameters(self) -> int:
         return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(nnx.state(self, nnx.Param)))
@@ -628,11 +636,16 @@ class FlaxGPT2LMHeadModel(FlaxGPT2PreTrainedModel):
         )
         return _as_return(output, return_dict)
 
-    def generate(self, input_ids: jax.Array, **kwargs: Any) -> jax.Array:
-        """Compiled cached decoding; see `gpt2_flax.generation.generate` for the arguments."""
+    def generate(
+        self, input_ids: jax.Array, attention_mask: jax.Array | None = None,
+        generation_config: GenerationConfig | None = None, **kwargs: Any,
+    ) -> Any:
+        """Compiled cached decoding (greedy, sampling, beam search), transformers' `generate`; returns a
+        `GenerateDecoderOnlyOutput` / `GenerateBeamDecoderOnlyOutput` of jax arrays (use `.sequences`). See
+        `gpt2_flax.generation.generate` for the arguments."""
         from gpt2_flax.generation import generate
 
-        return generate(self, input_ids, **kwargs)
+        return generate(self, input_ids, attention_mask, generation_config, **kwargs)
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, ignore_index: int = reference.IGNORE_INDEX) -> jax.Array:

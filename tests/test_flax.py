@@ -54,7 +54,7 @@ def test_jit_greedy_generation_equals_torch():
         torch.from_numpy(ids), attention_mask=torch.from_numpy(mask), max_new_tokens=10, eos_token_id=eos
     ).numpy()
     model = flax_lm(config, seed=21)
-    got = np.asarray(model.generate(ids, attention_mask=mask, max_new_tokens=10, eos_token_id=eos))
+    got = np.asarray(model.generate(ids, attention_mask=mask, max_new_tokens=10, eos_token_id=eos).sequences)
     np.testing.assert_array_equal(got, expected)
     assert got.dtype == np.int32 and (got[1, ids.shape[1] :] == eos).any()
 
@@ -69,7 +69,7 @@ def test_generation_compiles_once_per_bucket():
     # Another prompt length and another number of new tokens in the same buckets, and other weights.
     model.generate(ids[:, 1:], attention_mask=mask[:, 1:], max_new_tokens=7, eos_token_id=[])
     other = flax_lm(config, seed=23)
-    out = other.generate(ids, attention_mask=mask, max_new_tokens=3, eos_token_id=[])
+    out = other.generate(ids, attention_mask=mask, max_new_tokens=3, eos_token_id=[]).sequences
     assert generation.trace_count() == before
     assert out.shape == (3, ids.shape[1] + 3)
     model.generate(ids, attention_mask=mask, max_new_tokens=17, eos_token_id=[])  # bucket 32: a new program
@@ -85,13 +85,14 @@ def test_generation_follows_the_core_plan():
     seen = {}
     original = generation._generate
 
-    def spy(structure, state, input_ids, attention_mask, *args, **kwargs):
-        seen.update(ids=input_ids.shape, mask=attention_mask.shape, new_bucket=kwargs["new_bucket"])
-        return original(structure, state, input_ids, attention_mask, *args, **kwargs)
+    def spy(structure, state, input_ids, attention_mask, carry, *args, **kwargs):
+        new_bucket = carry["seq"].shape[1] - input_ids.shape[1]  # the token buffer: prompt bucket + new slots
+        seen.update(ids=input_ids.shape, mask=attention_mask.shape, new_bucket=new_bucket)
+        return original(structure, state, input_ids, attention_mask, carry, *args, **kwargs)
 
     generation._generate = spy
     try:
-        out = model.generate(ids, attention_mask=mask, max_new_tokens=5, eos_token_id=[])
+        out = model.generate(ids, attention_mask=mask, max_new_tokens=5, eos_token_id=[]).sequences
     finally:
         generation._generate = original
     B = ids.shape[0]
@@ -104,14 +105,15 @@ def test_sampling_reproducible_and_consistent_with_greedy():
     model = flax_lm(config, seed=24)
     ids, mask = padded_batch(config, "left")
     kw = dict(attention_mask=mask, max_new_tokens=6, eos_token_id=[])
-    a = model.generate(ids, do_sample=True, seed=1, temperature=1.5, top_k=20, top_p=0.9, **kw)
-    b = model.generate(ids, do_sample=True, seed=1, temperature=1.5, top_k=20, top_p=0.9, **kw)
-    c = model.generate(ids, do_sample=True, seed=2, temperature=1.5, top_k=20, top_p=0.9, **kw)
+    gen = lambda **k: np.asarray(model.generate(ids, **k, **kw).sequences)  # noqa: E731
+    a = gen(do_sample=True, seed=1, temperature=1.5, top_k=20, top_p=0.9)
+    b = gen(do_sample=True, seed=1, temperature=1.5, top_k=20, top_p=0.9)
+    c = gen(do_sample=True, seed=2, temperature=1.5, top_k=20, top_p=0.9)
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
-    greedy = model.generate(ids, **kw)
-    np.testing.assert_array_equal(model.generate(ids, do_sample=True, seed=3, top_k=1, **kw), greedy)
-    np.testing.assert_array_equal(model.generate(ids, do_sample=True, seed=3, top_p=1e-6, **kw), greedy)
+    greedy = gen()
+    np.testing.assert_array_equal(gen(do_sample=True, seed=3, top_k=1), greedy)
+    np.testing.assert_array_equal(gen(do_sample=True, seed=3, top_p=1e-6), greedy)
 
 
 @pytest.mark.parametrize("temperature, top_k, top_p", [(1.0, 5, None), (0.7, None, 0.8), (1.3, 10, 0.5)])
