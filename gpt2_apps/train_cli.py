@@ -21,6 +21,7 @@ from typing import Sequence
 
 from gpt2_apps.backends import BACKENDS, get_backend
 from gpt2_apps.errors import EXIT_OK, UsageError, run_command
+from gpt2_core.config import check_field_names
 from gpt2_core.training import TrainConfig
 
 
@@ -34,6 +35,10 @@ def _parse_set(items: Sequence[str]) -> dict:
             out[key] = ast.literal_eval(value)
         except (ValueError, SyntaxError):
             out[key] = value
+    try:
+        check_field_names(out, "--set")  # before anything is loaded or written: exit 2, one line
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     return out
 
 

@@ -388,10 +388,10 @@ def resolve_generation(
             raise _field_error(name, value, rule, fix)
 
     # stopping
-    eos = as_id_tuple(gc.eos_token_id) if gc.eos_token_id is not None else config.eos_token_ids
-    pad = gc.pad_token_id if gc.pad_token_id is not None else config.pad_token_id
-    if pad is None:
-        pad = eos[0] if eos else 0
+    # transformers: the special tokens come from the generation config only (`from_model_config` copied the
+    # model config's when the checkpoint had no generation_config.json); no pad id -> the first eos id.
+    eos = as_id_tuple(gc.eos_token_id)
+    pad = gc.pad_token_id if gc.pad_token_id is not None else (eos[0] if eos else 0)
     stops = gc.stop_strings
     stops = () if stops is None else (stops,) if isinstance(stops, str) else tuple(stops)
     if any(not isinstance(x, str) or not x for x in stops):

@@ -303,7 +303,6 @@ class _GPT2TokenizerBase:
         Returns:
             The paths of the files written.
         """
-        directory = io.prepare_directory(save_directory)
         added = [(self._added_ids[c], t) for c, t in self._added.items()]
         config: dict[str, Any] = {
             "add_bos_token": self.add_bos_token,
@@ -335,14 +334,18 @@ class _GPT2TokenizerBase:
             add_bos_token=self.add_bos_token,
             unk_token=self.unk_token,
         )
-        written = io.write_pretrained(
-            directory,
-            config=config,
-            special_tokens_map=special_map,
-            added_vocab={c: i for c, i in self._added_ids.items() if c not in self.encoder},
-            tokenizer_json_data=tokenizer_json,
-        )
-        return (*written, *self.save_vocabulary(directory, filename_prefix))
+        prefix = f"{filename_prefix}-" if filename_prefix else ""
+        # All or nothing: staged, then published together (a full disk or a signal leaves the old save intact).
+        with io.atomic_save(save_directory) as staging:
+            written = io.write_pretrained(
+                staging,
+                config=config,
+                special_tokens_map=special_map,
+                added_vocab={c: i for c, i in self._added_ids.items() if c not in self.encoder},
+                tokenizer_json_data=tokenizer_json,
+            )
+            vocab = io.write_vocab_files(staging, self.encoder, self.merges, prefix)
+        return io.published((*written, *vocab), save_directory)
 
     # ------------------------------------------------------------------ vocabulary and special tokens
 

@@ -330,8 +330,8 @@ def resolve_model_config(tc: TrainConfig) -> tuple[GPT2Config, str | None]:
         )
     else:
         config = GPT2Config.from_preset(tc.model)
-    for key, value in tc.overrides.items():
-        setattr(config, key, value)
+    # strict: a mistyped --set name (n_layers) is an error naming the closest field, never silently ignored
+    config.update_fields(tc.overrides, source="--set")
     if tc.dropout is not None:
         config.resid_pdrop = config.embd_pdrop = config.attn_pdrop = tc.dropout
     config.validate()

@@ -408,6 +408,32 @@ def test_tokenizer_atomic_save_is_all_or_nothing(tmp_path):
     assert json.loads((d / "vocab.json").read_text()) == {"a": 0, "b": 1} and leftovers(tmp_path) == []
 
 
+
+def test_tokenizer_save_pretrained_on_a_full_disk_keeps_the_old_save(tmp_path, monkeypatch):
+    """GPT2Tokenizer.save_pretrained itself goes through atomic_save: a disk full after the vocabulary was written
+    leaves the previous save byte for byte, and no staging directory."""
+    from gpt2_core import tokenization_io as io
+    from gpt2_core.tokenization import GPT2Tokenizer
+
+    d = tmp_path / "tok"
+    tok = GPT2Tokenizer()
+    tok.save_pretrained(d)
+    before = snapshot(d)
+    tok.add_special_tokens({"pad_token": "[PAD]"})
+    real = io.write_vocab_files
+
+    def full(*args, **kwargs):
+        real(*args, **kwargs)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(io, "write_vocab_files", full)
+    with pytest.raises(hub.DiskFullError):
+        tok.save_pretrained(d)
+    assert snapshot(d) == before and leftovers(tmp_path) == []
+    monkeypatch.setattr(io, "write_vocab_files", real)
+    tok.save_pretrained(d)
+    assert GPT2Tokenizer.from_pretrained(d).pad_token == "[PAD]"
+
 # ---------------------------------------------------------------------------------------------------------------
 # gpt2 train: output directories, resume, flags
 # ---------------------------------------------------------------------------------------------------------------
@@ -582,3 +608,20 @@ def test_train_output_errors_nan_and_ctrl_c(corpus, tmp_path, monkeypatch, capsy
     assert code == EXIT_USAGE and "--resume" in err
     code, err = run_train_cli(monkeypatch, capsys, [*base, "-o", tmp_path / "int", "--resume"])
     assert code == 0, err
+
+
+def test_train_set_typo_is_refused_before_anything_is_written(tmp_path, capsys):
+    """`--set n_layers=1` (the field is n_layer) is exit 2 with the suggestion, and -o is never created."""
+    out = tmp_path / "run"
+    code = train_cli.main(["--backend", "torch", "--data", str(tmp_path), "--set", "n_layers=1", "-o", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and "'n_layers' (did you mean 'n_layer'?)" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_set_overrides_are_strict_in_the_training_loop():
+    """The loop's own config building (what a TrainConfig from Python reaches) refuses the typo too."""
+    from gpt2_core.config import GPT2Config
+
+    with pytest.raises(ValueError, match="did you mean 'n_layer'"):
+        GPT2Config.from_preset("gpt2").update_fields({"n_layers": 1}, source="--set")
