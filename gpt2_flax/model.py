@@ -354,7 +354,8 @@ class FlaxGPT2PreTrainedModel(nnx.Module):
         Args:
             pretrained_model_name_or_path: Local directory or Hub id (e.g. `openai-community/gpt2`).
             config: Use this config instead of the checkpoint's `config.json`.
-            dtype: Parameter dtype (`jnp.bfloat16`, `"float16"`, ...); float32 by default.
+            dtype: Parameter dtype (`jnp.bfloat16`, `"float16"`, ...; `"auto"`: the checkpoint's); float32 by
+                default.
             rngs: Dropout randomness (and the init of missing heads); `default_rngs(0)` by default.
             **hub_kwargs: `gpt2_core.hub.HUB_KWARGS` (`revision`, `cache_dir`, `token`, `local_files_only`,
                 `force_download`, `subfolder`), for config.json and the weights alike.
@@ -376,9 +377,12 @@ class FlaxGPT2PreTrainedModel(nnx.Module):
         model.load_canonical(loaded.canonical)
         if model.generation_config is not None:
             model.generation_config = loaded.generation_config
+        dtype = loaded.resolve_dtype(dtype)  # "auto": the checkpoint's dtype
         if dtype is not None:
             cast_params(model, dtype)
         model.eval()
+        if loaded.output_loading_info:
+            return model, loaded.loading_info  # transformers' contract for output_loading_info=True
         return model
 
     def save_pretrained(
