@@ -56,15 +56,22 @@ def load_tokenizer(model: str):
     would silently turn the model's ids into the wrong text."""
     from gpt2_core.tokenization import GPT2Tokenizer
 
+    from gpt2_core.hub import looks_like_path
+
     path = Path(model)
+    if looks_like_path(model) and not path.exists():
+        raise FileNotFoundError(
+            f"No such model directory. Received: --model {model!r}. Check the path, or pass a Hub id such as "
+            "'openai-community/gpt2'."
+        )
     tokenizer_files = ("vocab.json", "merges.txt", "tokenizer.json")
     if path.is_dir() and not any((path / name).exists() for name in tokenizer_files):
         logger.info("No tokenizer files in %s; using the shipped GPT-2 vocabulary.", model)
         return GPT2Tokenizer()
     try:
         return GPT2Tokenizer.from_pretrained(model)
-    except FileNotFoundError as e:
-        if path.is_dir():
+    except OSError as e:  # a Hub repo without tokenizer files, or unreachable (the model load then says which)
+        if path.exists():
             raise
         logger.warning("No tokenizer files for %s (%s); using the shipped GPT-2 vocabulary.", model, e)
         return GPT2Tokenizer()

@@ -16,6 +16,7 @@ References: OpenAI gpt-2 `src/model.py`; transformers `models/gpt2/modeling_gpt2
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -26,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gpt2_core import checks, reference
+from gpt2_core import checks, naming, reference
 from gpt2_core.config import GPT2Config
 from gpt2_core.generation_config import GenerationConfig
 from gpt2_core.outputs import (
@@ -130,6 +131,7 @@ class GPT2Attention(nn.Module):
         key_ok: torch.Tensor | None = None,
         encoder_hidden_states: torch.Tensor | None = None,
         deterministic: bool = False,
+        head_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None, torch.Tensor]:
         B, T, C = x.shape
         if self.is_cross_attention:
@@ -155,6 +157,8 @@ class GPT2Attention(nn.Module):
             att = att.masked_fill(~causal, torch.finfo(att.dtype).min)
         att = F.softmax(att, dim=-1).to(v.dtype)
         att = _dropout(self.attn_dropout, att, deterministic)
+        if head_mask is not None:
+            att = att * head_mask  # (1, N, 1, 1): transformers 4.x scales the probabilities after dropout
         y = torch.matmul(att, v)  # (B, N, T, H)
         y = y.transpose(1, 2).reshape(B, T, C)
         y = _dropout(self.resid_dropout, self.c_proj(y), deterministic)
@@ -206,15 +210,18 @@ class GPT2Block(nn.Module):
         encoder_hidden_states: torch.Tensor | None = None,
         encoder_key_ok: torch.Tensor | None = None,
         deterministic: bool = False,
+        head_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, Any, torch.Tensor, torch.Tensor | None]:
-        y, present, att = self.attn(self.ln_1(x), cache, causal, key_ok, deterministic=deterministic)
+        y, present, att = self.attn(
+            self.ln_1(x), cache, causal, key_ok, deterministic=deterministic, head_mask=head_mask
+        )
         x = x + y
         cross_att = None
         if encoder_hidden_states is not None:
             if not hasattr(self, "crossattention"):
                 raise checks.no_cross_attention_error()
             y, _, cross_att = self.crossattention(
-                self.ln_cross_attn(x), None, None, encoder_key_ok, encoder_hidden_states, deterministic
+                self.ln_cross_attn(x), None, None, encoder_key_ok, encoder_hidden_states, deterministic, head_mask
             )
             x = x + y
         x = x + self.mlp(self.ln_2(x), deterministic)
@@ -229,6 +236,13 @@ class GPT2PreTrainedModel(nn.Module):
     """
 
     head: str = "base"
+    # What transformers' tools read off a model (Trainer, pipeline, peft, accelerate): transformers' values.
+    main_input_name = "input_ids"
+    base_model_prefix = "transformer"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["GPT2Block"]
+    _keys_to_ignore_on_save = None
+    _tied_weights_keys = None
 
     def __init__(self, config: GPT2Config) -> None:
         super().__init__()
@@ -311,14 +325,17 @@ class GPT2PreTrainedModel(nn.Module):
         model.load_canonical(loaded.canonical)
         if model.can_generate():
             model.generation_config = loaded.generation_config
-        dtype = dtype if dtype is not None else torch_dtype
+        dtype = loaded.resolve_dtype(dtype if dtype is not None else torch_dtype)  # "auto": the checkpoint's
         if isinstance(dtype, str):
             dtype = getattr(torch, dtype)
         if dtype is not None:
             model = model.to(dtype)
         if device is not None:
             model = model.to(device)
-        return model.eval()
+        model.eval()
+        if loaded.output_loading_info:
+            return model, loaded.loading_info  # transformers' contract for output_loading_info=True
+        return model
 
     def save_pretrained(
         self, save_directory: str | os.PathLike, *, max_shard_size: int | str | None = None, safe_serialization: bool = True
@@ -338,9 +355,168 @@ class GPT2PreTrainedModel(nn.Module):
         """Share the token embedding with the LM head when `tie_word_embeddings` (models with an LM head)."""
         if hasattr(self, "lm_head") and self.config.tie_word_embeddings:
             self.lm_head.weight = self.transformer.wte.weight
+            self.lm_head.out_features = self.transformer.wte.num_embeddings  # after a resize
 
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+    def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
+        """Number of parameters (a tied weight counted once), transformers' `num_parameters`.
+
+        Args:
+            only_trainable: Count only parameters with `requires_grad`.
+            exclude_embeddings: Leave out the `nn.Embedding` weights (`wte`, `wpe`; a tied LM head with them).
+        """
+        embedding_names = set()
+        if exclude_embeddings:
+            embedding_names = {f"{name}.weight" for name, m in self.named_modules() if isinstance(m, nn.Embedding)}
+        return sum(
+            p.numel()
+            for name, p in self.named_parameters()
+            if name not in embedding_names and (p.requires_grad or not only_trainable)
+        )
+
+    # -- transformers' embedding accessors and resizing ---------------------------------------------------------
+    @property
+    def base_model(self) -> "GPT2Model":
+        """The `GPT2Model` body (the model itself for `GPT2Model`)."""
+        return getattr(self, self.base_model_prefix, self)
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.base_model.wte
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.base_model.wte = value
+
+    def get_output_embeddings(self) -> nn.Linear | None:
+        """The LM head (`None` for models without one)."""
+        return getattr(self, "lm_head", None)
+
+    def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
+        if not hasattr(self, "lm_head"):
+            raise ValueError(
+                f"{type(self).__name__} has no LM head to replace. "
+                f"Received: new_embeddings={type(new_embeddings).__name__}. "
+                "Use GPT2LMHeadModel or GPT2DoubleHeadsModel."
+            )
+        self.lm_head = new_embeddings
+
+    def resize_token_embeddings(
+        self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None, mean_resizing: bool = True
+    ) -> nn.Embedding:
+        """Grow or shrink the token embedding (and an untied LM head) to `new_num_tokens` rows; transformers v5's
+        `resize_token_embeddings`, step for step and draw for draw (the same rows under the same torch seed).
+
+        Rows are kept or dropped at the end. New rows are drawn from a normal with the old rows' mean and
+        `1e-9` times their covariance (`mean_resizing=True`, transformers' default; exactly the mean when that
+        covariance is not positive definite, e.g. fewer rows than `n_embd`), or from `normal(0, initializer_range)`.
+        The embedding keeps its `Parameter` (a tied LM head follows), and `config.vocab_size` is updated.
+
+        Args:
+            new_num_tokens: Rows wanted, e.g. `len(tokenizer)` after `add_special_tokens`; `None` keeps the size.
+            pad_to_multiple_of: Round the row count up to a multiple of this (tensor-core friendly sizes).
+            mean_resizing: The mean/covariance rule above (True) or the plain normal init (False).
+
+        Returns:
+            The input embedding module.
+        """
+        if pad_to_multiple_of is not None:
+            if not _positive_int(pad_to_multiple_of):
+                raise ValueError(
+                    "pad_to_multiple_of must be a positive integer. "
+                    f"Received: pad_to_multiple_of={pad_to_multiple_of!r}. Pass e.g. 64, or None."
+                )
+            if new_num_tokens is None:
+                new_num_tokens = self.get_input_embeddings().num_embeddings
+            new_num_tokens = -(-new_num_tokens // pad_to_multiple_of) * pad_to_multiple_of
+        if new_num_tokens is None:
+            return self.get_input_embeddings()
+        if not _positive_int(new_num_tokens):
+            raise ValueError(
+                f"new_num_tokens must be a positive integer. Received: new_num_tokens={new_num_tokens!r}. "
+                "Pass the tokenizer's length, len(tokenizer)."
+            )
+        std = self.config.initializer_range
+        wte = self.get_input_embeddings()
+        new_wte = _resized_embedding(wte, new_num_tokens, mean_resizing, std)
+        if new_wte is not wte:
+            # transformers keeps the old module and Parameter and swaps the data: ties and references survive
+            wte.weight.data = new_wte.weight.data
+            wte.num_embeddings = new_num_tokens
+        lm_head = self.get_output_embeddings()
+        if lm_head is not None and lm_head.weight.shape[0] != new_num_tokens:  # an untied head
+            new_head = _resized_lm_head(lm_head, new_num_tokens, mean_resizing, std)
+            new_head.requires_grad_(lm_head.weight.requires_grad)
+            self.set_output_embeddings(new_head)
+        self.config.vocab_size = new_num_tokens
+        self.tie_weights()
+        return self.get_input_embeddings()
+
+    # -- activation (gradient) checkpointing ------------------------------------------------------------------
+    def activation_checkpointing_enable(
+        self,
+        activation_checkpointing_kwargs: dict[str, Any] | None = None,
+        every_n_layers: int = 1,
+        offload: bool = False,
+    ) -> None:
+        """Recompute each block's activations in the backward pass instead of keeping them
+        (`torch.utils.checkpoint.checkpoint` per `GPT2Block`, in training mode, without a cache), transformers'
+        `activation_checkpointing_enable`: same loss and gradients, less memory, one more forward per block.
+
+        Args:
+            activation_checkpointing_kwargs: Keyword arguments of `torch.utils.checkpoint.checkpoint`;
+                default `{"use_reentrant": False}`.
+            every_n_layers: Checkpoint only every n-th block (blocks 0, n, 2n, ...).
+            offload: Keep the tensors saved for the recompute in (pinned) host memory.
+        """
+        if not _positive_int(every_n_layers):
+            raise ValueError(
+                f"every_n_layers must be a positive integer. Received: every_n_layers={every_n_layers!r}. "
+                "Use 1 to checkpoint every block."
+            )
+        kwargs = activation_checkpointing_kwargs
+        kwargs = {"use_reentrant": False} if kwargs is None else dict(kwargs)
+        func = functools.partial(_checkpoint, offload=offload, **kwargs)
+        for body in self.modules():
+            if isinstance(body, GPT2Model):
+                body.gradient_checkpointing = True
+                body._gradient_checkpointing_func = func
+                body._checkpoint_every = every_n_layers
+        if getattr(self, "_hf_peft_config_loaded", False):
+            self.enable_input_require_grads()
+
+    def gradient_checkpointing_enable(
+        self, gradient_checkpointing_kwargs: dict[str, Any] | None = None, **kwargs: Any
+    ) -> None:
+        """transformers' older name of `activation_checkpointing_enable` (what most training scripts call)."""
+        self.activation_checkpointing_enable(gradient_checkpointing_kwargs, **kwargs)
+
+    def activation_checkpointing_disable(self) -> None:
+        for body in self.modules():
+            if isinstance(body, GPT2Model):
+                body.gradient_checkpointing = False
+
+    def gradient_checkpointing_disable(self) -> None:
+        """transformers' older name of `activation_checkpointing_disable`."""
+        self.activation_checkpointing_disable()
+
+    @property
+    def is_activation_checkpointing(self) -> bool:
+        return any(getattr(m, "gradient_checkpointing", False) for m in self.modules())
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return self.is_activation_checkpointing
+
+    def enable_input_require_grads(self) -> None:
+        """Make the token embedding's output require grad (peft with frozen embeddings plus checkpointing)."""
+
+        def make_inputs_require_grads(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+            output.requires_grad_(True)
+
+        self._require_grads_hook = self.get_input_embeddings().register_forward_hook(make_inputs_require_grads)
+
+    def disable_input_require_grads(self) -> None:
+        hook = self.__dict__.pop("_require_grads_hook", None)
+        if hook is not None:
+            hook.remove()
 
     @property
     def device(self) -> torch.device:
@@ -367,6 +543,10 @@ class GPT2Model(GPT2PreTrainedModel):
         self.drop = nn.Dropout(config.embd_pdrop)
         self.h = nn.ModuleList([GPT2Block(config, i) for i in range(config.n_layer)])
         self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.gradient_checkpointing = False  # activation_checkpointing_enable sets it
+        self._gradient_checkpointing_func: Any = None
+        self._checkpoint_every = 1
+        _register_hub_layout_hooks(self, config)
         if type(self) is GPT2Model and not _skip_init():
             self.init_weights()
 
@@ -387,18 +567,31 @@ class GPT2Model(GPT2PreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        head_mask: torch.Tensor | None = None,
         deterministic: bool = False,
         _check_inputs: bool = True,
     ) -> BaseModelOutputWithPastAndCrossAttentions | tuple:
         """The transformer; see transformers' `GPT2Model.forward` for the arguments.
 
         `past_key_values` is transformers' tuple (returned as a tuple when `use_cache`) or a `KVCache` (always
-        returned, advanced). `deterministic=True` turns dropout off for this call whatever the train/eval mode.
-        `_check_inputs=False` skips the input checks, which read values on the host: only for the generation loop,
-        which built its inputs itself.
+        returned, advanced). `use_cache`, `output_attentions`, `output_hidden_states` and `return_dict` left at
+        `None` follow the config (`config.output_hidden_states = True` works as in transformers). `head_mask`
+        (transformers 4.x; keyword only here): `(n_head,)` for every layer or `(n_layer, n_head)`, multiplies each
+        head's attention probabilities. `deterministic=True` turns dropout off for this call whatever the
+        train/eval mode. `_check_inputs=False` skips the input checks, which read values on the host: only for the
+        generation loop, which built its inputs itself.
         """
         config = self.config
         use_cache = config.use_cache if use_cache is None else use_cache
+        if output_attentions is None:
+            output_attentions = bool(getattr(config, "output_attentions", False))
+        if output_hidden_states is None:
+            output_hidden_states = bool(getattr(config, "output_hidden_states", False))
+        checkpointing = self.gradient_checkpointing and self.training
+        if checkpointing and use_cache and past_key_values is None:
+            # transformers' rule: a cache built in a recomputed forward would be written twice
+            _warn_once("use_cache=True is incompatible with gradient checkpointing. Setting use_cache=False.")
+            use_cache = False
         # Leading dims beyond batch (the multiple-choice head's choices) fold into the batch, as in transformers.
         lead_shape = None
         if input_ids is not None and input_ids.dim() > 2:
@@ -458,14 +651,18 @@ class GPT2Model(GPT2PreTrainedModel):
         if encoder_hidden_states is not None and encoder_attention_mask is not None:
             encoder_key_ok = (encoder_attention_mask != 0)[:, None, None, :]  # (B, 1, 1, S_enc)
 
+        head_masks = _layer_head_masks(head_mask, config, x.dtype, device)
         presents = []
         all_hidden = [x] if output_hidden_states else None
         all_att = [] if output_attentions else None
         all_cross = [] if (output_attentions and encoder_hidden_states is not None) else None
-        for block in self.h:
-            x, present, att, cross_att = block(
-                x, cache, causal, key_ok, encoder_hidden_states, encoder_key_ok, deterministic
-            )
+        for i, block in enumerate(self.h):
+            args = (x, cache, causal, key_ok, encoder_hidden_states, encoder_key_ok, deterministic, head_masks[i])
+            if checkpointing and cache is None and i % self._checkpoint_every == 0:
+                func = self._gradient_checkpointing_func or functools.partial(_checkpoint, use_reentrant=False)
+                x, present, att, cross_att = func(block.__call__, *args)
+            else:
+                x, present, att, cross_att = block(*args)
             presents.append(present)
             if output_attentions:
                 all_att.append(att)
@@ -534,10 +731,171 @@ def _check_forward_inputs(
 
 
 def _use_return_dict(config: GPT2Config, return_dict: bool | None) -> bool:
-    """transformers' rule: `return_dict=None` follows `config.use_return_dict` (True when the config has none)."""
+    """transformers' rule: `return_dict=None` follows `config.use_return_dict`, i.e. `config.return_dict` (True when
+    the config has neither)."""
     if return_dict is not None:
         return bool(return_dict)
-    return bool(getattr(config, "use_return_dict", True))
+    use = getattr(config, "use_return_dict", None)
+    return bool(getattr(config, "return_dict", True) if use is None else use)
+
+
+def _layer_head_masks(
+    head_mask: torch.Tensor | None, config: GPT2Config, dtype: torch.dtype, device: torch.device
+) -> list[Any]:
+    """transformers 4.x `get_head_mask`: `(N,)` for every layer or `(n_layer, N)` -> per layer `(1, N, 1, 1)`."""
+    if head_mask is None:
+        return [None] * config.n_layer
+    head_mask = torch.as_tensor(head_mask)
+    L, N = config.n_layer, config.n_head
+    if tuple(head_mask.shape) == (N,):
+        head_mask = head_mask[None].expand(L, N)
+    elif tuple(head_mask.shape) != (L, N):
+        raise ValueError(
+            f"head_mask must have shape (n_head,) or (n_layer, n_head) = ({N},) or ({L}, {N}). "
+            f"Received: head_mask.shape={tuple(head_mask.shape)}. Pass one value per head (1.0 keeps it, 0.0 masks it)."
+        )
+    return list(head_mask.to(device=device, dtype=dtype)[:, None, :, None, None])
+
+
+def _register_hub_layout_hooks(body: nn.Module, config: GPT2Config) -> None:
+    """Make `state_dict()` / `load_state_dict()` speak transformers' layout.
+
+    The body's projections are `nn.Linear` (`[out, in]`) here and transformers' `Conv1D` (`[in, out]`) there;
+    `gpt2_core.naming` says which (its torch `transpose` flag). Each such module gets a state-dict hook that writes
+    its weight transposed and a load pre-hook that transposes what it reads: a state dict of this library is a
+    transformers state dict, key for key and shape for shape, and `load_state_dict` always reads that layout, the
+    square `attn.c_proj` included (no guessing from shapes). The hooks sit on the modules, so they follow a module
+    wrapped by peft (`c_attn.base_layer`) or under `torch.compile` (`_orig_mod.`).
+    """
+    for key in naming.shape_table(config, "base"):
+        path, transpose = naming.backend_path(key, "torch", config, "base")
+        module_path, leaf = path.rsplit(".", 1)
+        if transpose and leaf == "weight":
+            module = body.get_submodule(module_path)
+            module.register_state_dict_post_hook(_hub_layout_state_dict_hook)
+            module.register_load_state_dict_pre_hook(_hub_layout_load_hook)
+
+
+def _hub_layout_state_dict_hook(module: nn.Module, state_dict: dict, prefix: str, local_metadata: Any) -> None:
+    key = prefix + "weight"
+    if key in state_dict:
+        w = state_dict[key]
+        # A contiguous copy (safetensors and Trainer's checkpoints need one); with keep_vars a view of the Parameter.
+        state_dict[key] = w.t() if isinstance(w, nn.Parameter) else w.t().contiguous()
+
+
+def _hub_layout_load_hook(
+    module: nn.Module, state_dict: dict, prefix: str, local_metadata: Any, strict: bool,
+    missing_keys: list, unexpected_keys: list, error_msgs: list,
+) -> None:
+    key = prefix + "weight"
+    if key not in state_dict:
+        return
+    w = state_dict[key]
+    out_features, in_features = module.weight.shape
+    if out_features != in_features and tuple(w.shape) == (out_features, in_features):
+        error_msgs.append(
+            f"{key} has the nn.Linear layout {tuple(w.shape)}; state dicts here have transformers' Conv1D layout "
+            f"[in, out] = ({in_features}, {out_features}). Received: {key}.shape={tuple(w.shape)}. Pass a "
+            "transformers state dict (or this library's `state_dict()`), or use `load_canonical`."
+        )
+        return
+    state_dict[key] = w.t()
+
+
+def _tied_head_state_dict_hook(module: nn.Module, state_dict: dict, prefix: str, local_metadata: Any) -> None:
+    # transformers' state_dict() carries the tied lm_head.weight too; a copy, so the dict has no shared storage
+    # (safetensors refuses shared tensors, and Trainer saves a non-transformers model with safetensors).
+    key = prefix + "lm_head.weight"
+    if module.config.tie_word_embeddings and key in state_dict and not isinstance(state_dict[key], nn.Parameter):
+        state_dict[key] = state_dict[key].clone()
+
+
+def _tied_head_load_hook(
+    module: nn.Module, state_dict: dict, prefix: str, local_metadata: Any, strict: bool,
+    missing_keys: list, unexpected_keys: list, error_msgs: list,
+) -> None:
+    # transformers' saved files leave the tied head out: it is the token embedding
+    key, wte = prefix + "lm_head.weight", prefix + "transformer.wte.weight"
+    if module.config.tie_word_embeddings and key not in state_dict and wte in state_dict:
+        state_dict[key] = state_dict[wte]
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _WARNED:
+        _WARNED.add(message)
+        logger.warning(message)
+
+
+def _resized_embedding(old: nn.Embedding, n: int, mean_resizing: bool, std: float) -> nn.Embedding:
+    """transformers v5 `_get_resized_embeddings`: a new `nn.Embedding` built the same way (so torch's RNG is drawn
+    in the same order), new rows initialised, the old rows copied; `old` itself when the size is unchanged."""
+    old_n, C = old.weight.shape
+    if old_n == n:
+        return old
+    new = nn.Embedding(n, C, device=old.weight.device, dtype=old.weight.dtype)
+    if n > old_n and not mean_resizing:
+        nn.init.normal_(new.weight, mean=0.0, std=std)
+    elif n > old_n:
+        _init_added_rows_with_mean(old.weight, new.weight, n - old_n)
+    k = min(old_n, n)
+    new.weight.data[:k] = old.weight.data[:k]
+    return new
+
+
+def _resized_lm_head(old: nn.Linear, n: int, mean_resizing: bool, std: float) -> nn.Linear:
+    """transformers v5 `_get_resized_lm_head` for an untied head (an `nn.Linear`, `[V, C]`)."""
+    old_n, C = old.weight.shape
+    has_bias = old.bias is not None
+    new = nn.Linear(C, n, bias=has_bias, device=old.weight.device, dtype=old.weight.dtype)
+    if n > old_n and not mean_resizing:
+        nn.init.normal_(new.weight, mean=0.0, std=std)
+        if has_bias:
+            nn.init.zeros_(new.bias)
+    elif n > old_n:
+        _init_added_rows_with_mean(old.weight, new.weight, n - old_n)
+        if has_bias:
+            bias_mean = torch.mean(old.bias.data, dim=0, dtype=torch.float32)
+            bias_std = torch.std(old.bias.data, dim=0).to(torch.float32)
+            new.bias.data[-(n - old_n):].normal_(mean=bias_mean, std=1e-9 * bias_std)
+    k = min(old_n, n)
+    new.weight.data[:k] = old.weight.data[:k]
+    if has_bias:
+        new.bias.data[:k] = old.bias.data[:k]
+    return new
+
+
+def _init_added_rows_with_mean(old: torch.Tensor, new: torch.Tensor, added: int) -> None:
+    """transformers v5 `_init_added_embeddings_weights_with_mean`: new rows ~ N(mean, 1e-9 * covariance) of the old
+    rows, or the mean where that covariance is not positive definite
+    (https://nlp.stanford.edu/~johnhew/vocab-expansion.html)."""
+    w = old.data.to(torch.float32)
+    mean = torch.mean(w, dim=0)
+    centered = w - mean
+    covariance = centered.T @ centered / w.shape[0]  # (C, C)
+    epsilon = 1e-9
+    if torch.distributions.constraints.positive_definite.check(epsilon * covariance).all():
+        dist = torch.distributions.multivariate_normal.MultivariateNormal(mean, covariance_matrix=epsilon * covariance)
+        new.data[-added:] = dist.sample(sample_shape=(added,)).to(old.dtype)
+    else:
+        new.data[-added:] = mean[None, :].repeat(added, 1).to(old.dtype)
+
+
+def _checkpoint(function: Any, *args: Any, offload: bool = False, **kwargs: Any) -> Any:
+    """`torch.utils.checkpoint.checkpoint`, with the saved tensors in host memory when `offload`."""
+    from torch.utils.checkpoint import checkpoint
+
+    if not offload:
+        return checkpoint(function, *args, **kwargs)
+    with torch.autograd.graph.save_on_cpu(pin_memory=torch.cuda.is_available()):
+        return checkpoint(function, *args, **kwargs)
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def _skip_init() -> bool:
@@ -564,12 +922,15 @@ class GPT2LMHeadModel(GPT2PreTrainedModel):
     """
 
     head = "lm"
+    _tied_weights_keys = {"lm_head.weight": "transformer.wte.weight"}
 
     def __init__(self, config: GPT2Config) -> None:
         super().__init__(config)
         self.transformer = GPT2Model(config)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.tie_weights()
+        self.register_state_dict_post_hook(_tied_head_state_dict_hook)
+        self.register_load_state_dict_pre_hook(_tied_head_load_hook)
         if not _skip_init():
             self.init_weights()
 
@@ -588,6 +949,7 @@ class GPT2LMHeadModel(GPT2PreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        head_mask: torch.Tensor | None = None,
     ) -> CausalLMOutputWithCrossAttentions | tuple:
         out = self.transformer(
             input_ids,
@@ -602,6 +964,7 @@ class GPT2LMHeadModel(GPT2PreTrainedModel):
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             return_dict=True,
+            head_mask=head_mask,
         )
         logits = self.lm_head(out.last_hidden_state)  # (B, T, V)
         loss = None
@@ -639,6 +1002,41 @@ class GPT2LMHeadModel(GPT2PreTrainedModel):
     @classmethod
     def can_generate(cls) -> bool:
         return True
+
+    def prepare_inputs_for_generation(
+        self,
+        input_ids: torch.Tensor,
+        past_key_values: tuple[tuple[torch.Tensor, torch.Tensor], ...] | KVCache | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        """transformers' hook for one decoding step's `forward` arguments (what peft and custom loops call; this
+        library's own `generate` does not need it). With a past, only the tokens it has not seen are kept; the
+        position ids then follow from the (whole) attention mask inside `forward`.
+        """
+        token_type_ids = kwargs.get("token_type_ids")
+        if past_key_values is not None:
+            if isinstance(past_key_values, KVCache):
+                past_length = int(past_key_values.length)
+            else:
+                past_length = past_key_values[0][0].shape[2]
+            cut = past_length if input_ids.shape[1] > past_length else input_ids.shape[1] - 1
+            input_ids = input_ids[:, cut:]
+            if token_type_ids is not None:
+                token_type_ids = token_type_ids[:, cut:]
+        if inputs_embeds is not None and past_key_values is None:
+            model_inputs: dict[str, Any] = {"inputs_embeds": inputs_embeds}
+        else:
+            model_inputs = {"input_ids": input_ids}
+        model_inputs.update(
+            past_key_values=past_key_values,
+            use_cache=kwargs.get("use_cache"),
+            position_ids=kwargs.get("position_ids"),
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+        )
+        return model_inputs
 
     def generate(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
@@ -702,6 +1100,7 @@ class GPT2DoubleHeadsModel(GPT2PreTrainedModel):
     """
 
     head = "double"
+    _tied_weights_keys = {"lm_head.weight": "transformer.wte.weight"}
 
     def __init__(self, config: GPT2Config) -> None:
         if isinstance(config, GPT2Config):
@@ -711,6 +1110,8 @@ class GPT2DoubleHeadsModel(GPT2PreTrainedModel):
         self.transformer = GPT2Model(config)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.tie_weights()
+        self.register_state_dict_post_hook(_tied_head_state_dict_hook)
+        self.register_load_state_dict_pre_hook(_tied_head_load_hook)
         self.multiple_choice_head = GPT2SequenceSummary(config)
         if not _skip_init():
             self.init_weights()
@@ -730,6 +1131,7 @@ class GPT2DoubleHeadsModel(GPT2PreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        head_mask: torch.Tensor | None = None,
     ) -> GPT2DoubleHeadsModelOutput | tuple:
         out = self.transformer(
             input_ids,
@@ -742,6 +1144,7 @@ class GPT2DoubleHeadsModel(GPT2PreTrainedModel):
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             return_dict=True,
+            head_mask=head_mask,
         )
         hidden = out.last_hidden_state  # (B, choices, T, C)
         logits = self.lm_head(hidden)
@@ -794,6 +1197,7 @@ class GPT2ForSequenceClassification(GPT2PreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        head_mask: torch.Tensor | None = None,
     ) -> SequenceClassifierOutputWithPast | tuple:
         out = self.transformer(
             input_ids,
@@ -806,6 +1210,7 @@ class GPT2ForSequenceClassification(GPT2PreTrainedModel):
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             return_dict=True,
+            head_mask=head_mask,
         )
         logits = self.score(out.last_hidden_state)  # (B, T, L)
         B, T = logits.shape[:2]
@@ -872,6 +1277,7 @@ class GPT2ForTokenClassification(GPT2PreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        head_mask: torch.Tensor | None = None,
     ) -> TokenClassifierOutput | tuple:
         out = self.transformer(
             input_ids,
@@ -884,6 +1290,7 @@ class GPT2ForTokenClassification(GPT2PreTrainedModel):
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             return_dict=True,
+            head_mask=head_mask,
         )
         logits = self.classifier(self.dropout(out.last_hidden_state))  # (B, T, L)
         loss = None
@@ -925,6 +1332,7 @@ class GPT2ForQuestionAnswering(GPT2PreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        head_mask: torch.Tensor | None = None,
     ) -> QuestionAnsweringModelOutput | tuple:
         out = self.transformer(
             input_ids,
@@ -936,6 +1344,7 @@ class GPT2ForQuestionAnswering(GPT2PreTrainedModel):
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             return_dict=True,
+            head_mask=head_mask,
         )
         logits = self.qa_outputs(out.last_hidden_state)  # (B, T, 2)
         start_logits, end_logits = logits[..., 0], logits[..., 1]
