@@ -191,3 +191,55 @@ def check_sequence_classification_batch(config: GPT2Config, batch_size: int) -> 
     """transformers' rule: without `pad_token_id` only a batch of one row can be pooled."""
     if config.pad_token_id is None and batch_size != 1:
         raise no_pad_token_error(batch_size)
+
+
+# -- labels and index inputs of the heads (eager only: the values must be known) -----------------------------------
+
+
+def check_labels(labels: np.ndarray | None, num_classes: int, name: str = "labels", ignore_index: int = -100) -> None:
+    """Raise `ValueError` for class labels a cross-entropy loss cannot take (torch's `Target ... is out of bounds`).
+
+    Args:
+        labels: The labels the loss reads (after any shift), as NumPy when known (eager), else None (not checked).
+        num_classes: Number of classes (vocab_size, num_labels, the number of choices).
+        name: The argument's name, for the message.
+        ignore_index: The label that masks a position out of the loss (transformers' -100).
+    """
+    if labels is None:
+        return
+    labels = np.asarray(labels)
+    if labels.dtype.kind not in "iu":
+        return  # float labels belong to a regression / multi-label loss, not to this check
+    used = labels[labels != ignore_index]
+    if used.size == 0:
+        return
+    lo, hi = int(used.min()), int(used.max())
+    if lo < 0 or hi >= num_classes:
+        bad = lo if lo < 0 else hi
+        raise ValueError(
+            f"Label {bad} is out of range for {num_classes} classes. Received: {name} min={lo}, max={hi} "
+            f"(ignoring {ignore_index}). Use labels in [0, {num_classes - 1}], or {ignore_index} to leave a "
+            "position out of the loss."
+        )
+
+
+def check_index_range(values: np.ndarray | None, size: int, name: str, size_name: str) -> None:
+    """Raise `ValueError` for indices outside [0, size) (torch's `index out of range`; JAX would wrap or give NaN).
+
+    Args:
+        values: The indices as NumPy when known (eager), else None (not checked).
+        size: The size of the axis they index.
+        name: The argument's name, for the message.
+        size_name: What `size` is (e.g. "vocab_size", "sequence length"), for the message.
+    """
+    if values is None:
+        return
+    values = np.asarray(values)
+    if values.size == 0:
+        return
+    lo, hi = int(values.min()), int(values.max())
+    if lo < 0 or hi >= size:
+        raise ValueError(
+            f"{name} must be in [0, {size - 1}] ({size_name}={size}). Received: {name} min={lo}, max={hi}. "
+            f"Pass indices in that range."
+        )

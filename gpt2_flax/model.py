@@ -149,6 +149,11 @@ def _min_max(x: Any) -> np.ndarray | None:
     return np.array([int(x.min()), int(x.max())])
 
 
+def _host(x: Any) -> np.ndarray | None:
+    # The values for the label / index checks: known when eager, None under jit/grad tracing (then not checked).
+    return None if x is None or _is_traced(x) else np.asarray(x)
+
+
 def _as_return(output: Any, return_dict: bool | None) -> Any:
     # transformers' `return_dict`: the output dataclass (True, or None), else its non-None fields in order.
     return output if return_dict is not False else output.to_tuple()
@@ -511,6 +516,7 @@ class FlaxGPT2Model(FlaxGPT2PreTrainedModel):
                 position_ids = (P + jnp.arange(T))[None, :]
         x = inputs_embeds + self.wpe(position_ids)
         if token_type_ids is not None:
+            checks.check_index_range(_host(token_type_ids), config.vocab_size, "token_type_ids", "vocab_size")
             x = x + self.wte(token_type_ids)
         x = self.drop(x, deterministic=deterministic)
 
@@ -665,6 +671,7 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, ignore_index: int = refe
 def lm_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
     """gpt2_core.reference.lm_loss: shift inside, ignore -100, mean in float32."""
     labels = jnp.asarray(labels)
+    checks.check_labels(_host(labels[..., 1:]), logits.shape[-1], "labels", reference.IGNORE_INDEX)
     return cross_entropy(logits[..., :-1, :], labels[..., 1:])
 
 
@@ -764,9 +771,12 @@ class FlaxGPT2DoubleHeadsModel(FlaxGPT2PreTrainedModel):
         )
         hidden = out.last_hidden_state  # (B, choices, T, C)
         logits = self.lm_logits(hidden)
+        if mc_token_ids is not None and self.multiple_choice_head.summary_type == "cls_index":
+            checks.check_index_range(_host(mc_token_ids), hidden.shape[-2], "mc_token_ids", "sequence length")
         mc_logits = self.multiple_choice_head(hidden, mc_token_ids, deterministic).squeeze(-1)  # (B, choices)
         mc_loss = None
         if mc_labels is not None:
+            checks.check_labels(_host(mc_labels), mc_logits.shape[-1], "mc_labels", reference.IGNORE_INDEX)
             mc_loss = cross_entropy(mc_logits.reshape(-1, mc_logits.shape[-1]), mc_labels)
         loss = None
         if labels is not None:
@@ -844,6 +854,7 @@ class FlaxGPT2ForSequenceClassification(FlaxGPT2PreTrainedModel):
                 else:
                     loss = jnp.mean((pooled.astype(jnp.float32) - labels.astype(jnp.float32)) ** 2)
             elif kind == "single_label_classification":
+                checks.check_labels(_host(labels), self.num_labels, "labels", reference.IGNORE_INDEX)
                 loss = cross_entropy(pooled.reshape(-1, self.num_labels), labels.reshape(-1))
             else:
                 loss = binary_cross_entropy_with_logits(pooled, labels)
@@ -918,6 +929,7 @@ class FlaxGPT2ForTokenClassification(FlaxGPT2PreTrainedModel):
         logits = self.classifier(self.dropout(out.last_hidden_state, deterministic=deterministic))  # (B, T, L)
         loss = None
         if labels is not None:
+            checks.check_labels(_host(labels), self.num_labels, "labels", reference.IGNORE_INDEX)
             loss = cross_entropy(logits.reshape(-1, self.num_labels), jnp.asarray(labels).reshape(-1))
         output = TokenClassifierOutput(
             loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions
