@@ -131,12 +131,22 @@ def _embedding(rows: int, config: GPT2Config, dtype: Any = None) -> keras.layers
     return layer
 
 
+# Keras serialization: `model.save("m.keras")` + `keras.saving.load_model` find the classes by this name
+_register = keras.saving.register_keras_serializable(package="gpt2_tf")
+
+
+def _config_from(value: GPT2Config | Mapping[str, Any]) -> GPT2Config:
+    # a layer's `config` entry of get_config (config.json's dict) back to a GPT2Config
+    return value if isinstance(value, GPT2Config) else GPT2Config.from_dict(dict(value))
+
+
 def _dropout(rate: float | None, dtype: Any = None) -> keras.layers.Dropout:
     layer = keras.layers.Dropout(float(rate or 0.0), dtype=dtype)
     layer.build(None)
     return layer
 
 
+@_register
 class TFGPT2Attention(keras.layers.Layer):
     """Multi-head (self or cross) attention.
 
@@ -148,6 +158,8 @@ class TFGPT2Attention(keras.layers.Layer):
 
     def __init__(self, config: GPT2Config, layer_idx: int, is_cross_attention: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        config = _config_from(config)
+        self.config = config
         C = config.n_embd
         self.n_head = config.n_head
         self.head_dim = config.head_dim
@@ -164,6 +176,14 @@ class TFGPT2Attention(keras.layers.Layer):
         self.attn_dropout = _dropout(config.attn_pdrop, self.dtype_policy)
         self.resid_dropout = _dropout(config.resid_pdrop, self.dtype_policy)
         self.built = True
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            **super().get_config(),
+            "config": self.config.to_dict(),
+            "layer_idx": self.layer_idx,
+            "is_cross_attention": self.is_cross_attention,
+        }
 
     def _split_heads(self, x: tf.Tensor) -> tf.Tensor:
         B, T = tf.shape(x)[0], tf.shape(x)[1]
@@ -209,6 +229,7 @@ class TFGPT2Attention(keras.layers.Layer):
         return y, present, att
 
 
+@_register
 class TFGPT2MLP(keras.layers.Layer):
     """The feed-forward block: c_fc, activation, c_proj.
 
@@ -218,16 +239,22 @@ class TFGPT2MLP(keras.layers.Layer):
 
     def __init__(self, config: GPT2Config, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        config = _config_from(config)
+        self.config = config
         self.c_fc = _dense(config.inner_dim, config.n_embd, dtype=self.dtype_policy)
         self.c_proj = _dense(config.n_embd, config.inner_dim, dtype=self.dtype_policy)
         self.act = ACT2FN[config.activation_function]
         self.dropout = _dropout(config.resid_pdrop, self.dtype_policy)
         self.built = True
 
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "config": self.config.to_dict()}
+
     def call(self, x: tf.Tensor, training: bool = False) -> tf.Tensor:
         return self.dropout(self.c_proj(self.act(self.c_fc(x))), training=training)
 
 
+@_register
 class TFGPT2Block(keras.layers.Layer):
     """Pre-LayerNorm transformer block: attention (+ cross-attention) and MLP, each on a residual.
 
@@ -238,6 +265,9 @@ class TFGPT2Block(keras.layers.Layer):
 
     def __init__(self, config: GPT2Config, layer_idx: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        config = _config_from(config)
+        self.config = config
+        self.layer_idx = layer_idx
         self.ln_1 = _layer_norm(config, self.dtype_policy)
         self.attn = TFGPT2Attention(config, layer_idx, dtype=self.dtype_policy)
         if config.add_cross_attention:
@@ -246,6 +276,9 @@ class TFGPT2Block(keras.layers.Layer):
         self.ln_2 = _layer_norm(config, self.dtype_policy)
         self.mlp = TFGPT2MLP(config, dtype=self.dtype_policy)
         self.built = True
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "config": self.config.to_dict(), "layer_idx": self.layer_idx}
 
     def call(
         self,
@@ -370,6 +403,74 @@ def _returned(output: Any, return_dict: bool | None) -> Any:
     return output if return_dict is not False else output.to_tuple()
 
 
+# transformers 4.x's argument order of each class's `call`, which its TF models also took as one list or tuple:
+# `model([input_ids, past_key_values, attention_mask])` (4.x TF GPT-2; QA and token classification, which 4.x had
+# only in PyTorch, take that forward's order). `head_mask` is a place holder here: it must be None.
+_BODY_ORDER = ("input_ids", "past_key_values", "attention_mask", "token_type_ids", "position_ids", "head_mask",
+               "inputs_embeds")
+_OUTPUT_FLAGS = ("use_cache", "output_attentions", "output_hidden_states", "return_dict")
+_INPUT_ORDER = {
+    "base": (*_BODY_ORDER, "encoder_hidden_states", "encoder_attention_mask", *_OUTPUT_FLAGS),
+    "lm": (*_BODY_ORDER, "encoder_hidden_states", "encoder_attention_mask", *_OUTPUT_FLAGS, "labels"),
+    "double": (*_BODY_ORDER, "mc_token_ids", *_OUTPUT_FLAGS, "labels", "mc_labels"),
+    "seqcls": (*_BODY_ORDER, *_OUTPUT_FLAGS, "labels"),
+    "tokcls": (*_BODY_ORDER, "labels", *_OUTPUT_FLAGS),
+    "qa": ("input_ids", "attention_mask", "token_type_ids", "position_ids", "head_mask", "inputs_embeds",
+           "start_positions", "end_positions", "output_attentions", "output_hidden_states", "return_dict"),
+}
+# transformers 4.x TF `train_step`: the output field each label is compared with by a compiled Keras loss or metric
+_LABEL_TO_OUTPUT = {"labels": "logits", "mc_labels": "mc_logits", "start_positions": "start_logits",
+                    "end_positions": "end_logits"}
+
+
+def _is_array(value: Any) -> bool:
+    return tf.is_tensor(value) or isinstance(value, (np.ndarray, KVCache, tf.RaggedTensor))
+
+
+def _is_input_list(value: Any) -> bool:
+    """A list / tuple of inputs (4.x style: arrays, None, a past_key_values tuple of (k, v) arrays), not token ids
+    written as nested Python lists."""
+
+    def is_past(v: Any) -> bool:
+        return isinstance(v, (list, tuple)) and bool(v) and isinstance(v[0], (list, tuple)) and bool(v[0]) and _is_array(v[0][0])
+
+    return isinstance(value, (list, tuple)) and any(v is None or _is_array(v) or is_past(v) for v in value)
+
+
+def _match_outputs(y: Any, y_pred: Any) -> tuple[Any, Any]:
+    """transformers 4.x TF `train_step`: (labels, the output tensors they go with) for a compiled Keras loss or
+    metric. A dict of labels is matched by name (`labels` -> `logits`, `start_positions` -> `start_logits`, ...),
+    a tuple by order after the losses, a single tensor with the first output that is not a loss."""
+    if y is None or y_pred is None or tf.is_tensor(y_pred) or not hasattr(y_pred, "items"):
+        return y, y_pred
+    fields = {
+        k: v for k, v in y_pred.items() if not k.endswith("loss") and k != "past_key_values" and tf.is_tensor(v)
+    }
+    if isinstance(y, Mapping):
+        y = {_LABEL_TO_OUTPUT.get(k, k): v for k, v in y.items()}
+        if len(y) == 1:
+            (key, value), = y.items()
+            return value, fields.get(key, next(iter(fields.values())))
+        return {k: v for k, v in y.items() if k in fields}, {k: fields[k] for k in y if k in fields}
+    if isinstance(y, (list, tuple)):
+        return tuple(y), tuple(fields.values())[: len(y)]
+    return y, next(iter(fields.values()))
+
+
+def _keras_dtype(value: Any) -> Any:
+    """`dtype` / `torch_dtype` of from_pretrained as Keras takes it: a dtype policy or a name; `torch.float16`,
+    `tf.float16`, `np.float16` and `"torch.float16"` all read as `"float16"`."""
+    if value is None or isinstance(value, keras.dtype_policies.DTypePolicy):
+        return value
+    if isinstance(value, str):
+        return value.removeprefix("torch.")
+    if isinstance(value, type) and issubclass(value, np.generic):
+        return np.dtype(value).name
+    name = getattr(value, "name", None)  # tf.DType, np.dtype
+    return name if isinstance(name, str) else str(value).removeprefix("torch.")
+
+
+@_register
 class TFGPT2PreTrainedModel(keras.Model):
     """Shared loading, saving, initialisation and Keras training hooks of every GPT-2 class.
 
@@ -388,6 +489,9 @@ class TFGPT2PreTrainedModel(keras.Model):
         self.generation_config = GenerationConfig.from_model_config(config)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        # transformers 4.x TF style: `model([input_ids, past_key_values, attention_mask, ...])`
+        if args and _is_input_list(args[0]):
+            args = (self._inputs_from_list(args[0]), *args[1:])
         # Keras style: `model({"input_ids": ..., "labels": ...})`, which is what `fit(x=dict)` passes.
         if args and isinstance(args[0], Mapping):
             inputs, args = dict(args[0]), args[1:]
@@ -400,6 +504,22 @@ class TFGPT2PreTrainedModel(keras.Model):
             kwargs.update(inputs)
         _check_call(self, _call_signature(type(self)).bind_partial(None, *args, **kwargs).arguments)
         return super().__call__(*args, **kwargs)
+
+    def _inputs_from_list(self, values: list | tuple) -> dict[str, Any]:
+        """A 4.x input list (`_INPUT_ORDER`: transformers 4.x's argument order of this class) -> keyword inputs."""
+        order = _INPUT_ORDER[self.head]
+        if len(values) > len(order):
+            raise ValueError(
+                f"Too many inputs in the list for {type(self).__name__}. Received: {len(values)} inputs. Pass at most "
+                f"{len(order)}, in transformers 4.x's order {order}, or pass a dict."
+            )
+        inputs = {name: value for name, value in zip(order, values) if value is not None}
+        if "head_mask" in inputs:
+            raise ValueError(
+                f"head_mask is not supported by {type(self).__name__}. Received: a head_mask at list position "
+                f"{order.index('head_mask')}. Put None there."
+            )
+        return inputs
 
     # -- parameters through gpt2_core.naming ------------------------------------------------------------------
     def init_weights(self, seed: int | None = None) -> None:
@@ -424,15 +544,29 @@ class TFGPT2PreTrainedModel(keras.Model):
 
     @classmethod
     def from_config(cls, config: GPT2Config | Mapping[str, Any], seed: int | None = None, custom_objects: Any = None):
-        """A new model of `config` (a GPT2Config, or the dict `get_config` returns: Keras deserialisation)."""
-        if isinstance(config, Mapping):
-            config = dict(config)
-            gpt2 = config.pop("config", None)
-            config = GPT2Config.from_dict(gpt2 if gpt2 is not None else config)
-        return cls(config, seed=seed)
+        """A new model of `config`: a GPT2Config, a dict of config.json's content, or the dict `get_config`
+        returns (Keras deserialisation: `keras.saving.load_model`, which then loads the weights into it)."""
+        if not isinstance(config, Mapping) or "config" not in config:
+            return cls(config if isinstance(config, GPT2Config) else GPT2Config.from_dict(dict(config)), seed=seed)
+        config = dict(config)
+        kwargs = {k: config[k] for k in ("name", "trainable", "dtype") if k in config}
+        if isinstance(kwargs.get("dtype"), Mapping):
+            kwargs["dtype"] = keras.dtype_policies.deserialize(kwargs["dtype"])
+        model = cls(GPT2Config.from_dict(dict(config["config"])), seed=seed, **kwargs)
+        if config.get("generation_config") is not None:
+            model.generation_config = GenerationConfig.from_dict(dict(config["generation_config"]))
+        return model
 
     def get_config(self) -> dict[str, Any]:
-        return {"config": self.config.to_dict(), "name": self.name}
+        """Keras serialization (`model.save("m.keras")`): the model config (config.json's dict), the generation
+        config, name, trainable and dtype policy; `from_config` rebuilds the model from it."""
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "dtype": keras.dtype_policies.serialize(self.dtype_policy),
+            "config": self.config.to_dict(),
+            "generation_config": self.generation_config.to_dict(),
+        }
 
     @classmethod
     def from_pretrained(
@@ -441,18 +575,25 @@ class TFGPT2PreTrainedModel(keras.Model):
         *,
         config: GPT2Config | None = None,
         dtype: Any = None,
-        **hub_kwargs: Any,
-    ) -> "TFGPT2PreTrainedModel":
+        **kwargs: Any,
+    ) -> "TFGPT2PreTrainedModel | tuple[TFGPT2PreTrainedModel, dict[str, list]]":
         """Load `config.json` + weights (`model.safetensors`, sharded or not, `pytorch_model.bin`, or a transformers
         4.x `tf_model.h5` / `flax_model.msgpack`) from a local directory or a Hub id. Heads missing from the
         checkpoint (a base checkpoint loaded into a classifier) are initialised and logged, as transformers does.
 
         Args:
             pretrained_model_name_or_path: Local directory or Hub id (e.g. `openai-community/gpt2`).
-            config: Use this config instead of the checkpoint's `config.json`.
-            dtype: Keras dtype of the model (`"float32"`, `"bfloat16"`, `"mixed_bfloat16"`...); float32 by default.
-            **hub_kwargs: `gpt2_core.hub.HUB_KWARGS` (`revision`, `cache_dir`, `token`, `local_files_only`,
-                `force_download`, `subfolder`), for config.json and the weights alike.
+            config: Use this config instead of the checkpoint's `config.json` (a GPT2Config, a transformers
+                `GPT2Config`, a dict or a path).
+            dtype: Keras dtype of the model (`"float32"`, `"bfloat16"`, `"mixed_bfloat16"`, a policy, `tf.float16`...);
+                `"auto"`: the checkpoint's dtype; float32 by default. `torch_dtype=` (its old name) works too.
+            **kwargs: What `weights_convert.pretrained.load_pretrained` takes, as in transformers: the Hub keyword
+                arguments (`revision`, `cache_dir`, `token`, `local_files_only`, `force_download`, `subfolder`),
+                config overrides (`num_labels=3`, `pad_token_id=...`), `output_loading_info`,
+                `ignore_mismatched_sizes`, `from_pt` (a no-op) and the rest of `LOAD_KWARGS`.
+
+        Returns:
+            The model; `(model, loading_info)` with `output_loading_info=True` (transformers' contract).
         """
         from weights_convert.pretrained import load_pretrained
 
@@ -462,13 +603,18 @@ class TFGPT2PreTrainedModel(keras.Model):
             config=config,
             owner=cls.__name__,
             init_seed=lambda: int(np.random.randint(0, 2**31 - 1)),
-            **hub_kwargs,
+            dtype=dtype,
+            **kwargs,
         )
+        # `loaded.dtype` is dtype or torch_dtype, "auto" already resolved to the checkpoint's
+        dtype = _keras_dtype(loaded.resolve_dtype(dtype if dtype is not None else loaded.dtype))
         with reference.skip_init():
             model = cls(loaded.config, dtype=dtype)
         model.load_canonical(loaded.canonical)
         if loaded.generation_config is not None:
             model.generation_config = loaded.generation_config
+        if loaded.output_loading_info:
+            return model, loaded.loading_info
         return model
 
     def save_pretrained(self, save_directory: str | os.PathLike, *, max_shard_size: int | str | None = None) -> None:
@@ -487,13 +633,14 @@ class TFGPT2PreTrainedModel(keras.Model):
     # -- Keras training: the model's own loss ------------------------------------------------------------------
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """The loss `fit` minimises: the loss the model computed from the labels in `x` (`model.compile(optimizer)`
-        with no loss). With `compile(loss=...)`, that loss on the output's logits and `y`. For the LM heads, `y`
-        alone (`fit(x=ids, y=ids)`) also works: it is taken as `labels`."""
+        with no loss). With `compile(loss=...)`, that loss on `y` and the matching output (`_match_outputs`: the
+        logits for `y` or `{"labels": ...}`). For the LM heads, `y` alone (`fit(x=ids, y=ids)`) also works: it is
+        taken as `labels`."""
         if self._compile_loss is not None:
-            logits = getattr(y_pred, "logits", y_pred)
-            return super().compute_loss(x=x, y=y, y_pred=logits, sample_weight=sample_weight, training=training)
+            y, y_pred = _match_outputs(y, y_pred)
+            return super().compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training)
         loss = getattr(y_pred, "loss", None)
-        if loss is None and y is not None and self.head in ("lm", "double"):
+        if loss is None and y is not None and not isinstance(y, Mapping) and self.head in ("lm", "double"):
             loss = lm_loss(y_pred.logits, y)
         if loss is None:
             raise ValueError(
@@ -503,10 +650,56 @@ class TFGPT2PreTrainedModel(keras.Model):
             )
         return loss + tf.add_n(self.losses) if self.losses else loss
 
+    def _label_names(self) -> list[str]:
+        parameters = _call_signature(type(self)).parameters
+        return [k for k in _LABEL_TO_OUTPUT if k in parameters]
+
+    def _fit_inputs(self, x: Any, y: Any) -> tuple[Any, Any]:
+        """transformers 4.x TF `train_step`'s rules. With no compiled loss (the model's own loss), labels given as
+        `y` go into the inputs: a dict's keys by name (`labels`, `mc_labels`, `start_positions`, ... or the output
+        names `logits` ...), a single tensor as the one label argument the class has. Labels inside `x` and no `y`:
+        those labels are also `y`, for the compiled metrics."""
+        if _is_input_list(x):
+            x = self._inputs_from_list(x)
+        names = self._label_names()
+        if self._compile_loss is None and y is not None:
+            x = dict(x) if isinstance(x, Mapping) else {"input_ids": x}
+            parameters = _call_signature(type(self)).parameters
+            if isinstance(y, Mapping):
+                output_to_label = {v: k for k, v in _LABEL_TO_OUTPUT.items()}
+                for key, value in y.items():
+                    name = key if key in parameters else output_to_label.get(key)
+                    if name in parameters and name not in x:
+                        x[name] = value
+            elif len(names) == 1 and names[0] not in x:
+                x[names[0]] = y
+        if y is None and isinstance(x, Mapping):
+            y = {k: x[k] for k in names if k in x} or None
+        return x, y
+
+    def train_step(self, data: Any) -> dict[str, Any]:
+        """Keras' train step on the inputs `_fit_inputs` makes (transformers 4.x's conventions)."""
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        x, y = self._fit_inputs(x, y)
+        return super().train_step(keras.utils.pack_x_y_sample_weight(x, y, sample_weight))
+
+    def test_step(self, data: Any) -> dict[str, Any]:
+        """Keras' test step (`evaluate`, `validation_data`) on the inputs `_fit_inputs` makes."""
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        x, y = self._fit_inputs(x, y)
+        return super().test_step(keras.utils.pack_x_y_sample_weight(x, y, sample_weight))
+
+    def compute_metrics(self, x: Any, y: Any, y_pred: Any, sample_weight: Any = None) -> dict[str, Any]:
+        """Compiled Keras metrics compare the labels with the matching output tensors (`_match_outputs`:
+        `labels` with `logits`, ...), not with the output object."""
+        y, y_pred = _match_outputs(y, y_pred)
+        return super().compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
     def predict_step(self, data: Any) -> dict[str, tf.Tensor]:
         """`model.predict`: the output's tensors (not the cache) as a dict, which Keras concatenates over batches."""
         x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
-        out = self(x, training=False) if isinstance(x, Mapping) else self(input_ids=x, training=False)
+        as_inputs = isinstance(x, Mapping) or _is_input_list(x)
+        out = self(x, training=False) if as_inputs else self(input_ids=x, training=False)
         return {k: v for k, v in out.items() if k != "past_key_values" and tf.is_tensor(v)}
 
     # -- SavedModel ---------------------------------------------------------------------------------------------
@@ -519,12 +712,32 @@ class TFGPT2PreTrainedModel(keras.Model):
         ]
     )
     def serving(self, inputs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-        """Serving signature: `tf.saved_model.save(model, path, signatures=model.serving)`."""
+        """Serving signature: `tf.saved_model.save(model, path, signatures=model.serving)`, and `model.export`'s
+        `serve` endpoint."""
         kwargs = dict(inputs)
         if self.head == "double":  # (B, T) -> one choice each
             kwargs = {k: v[:, None, :] for k, v in kwargs.items()}
         out = self(**kwargs, use_cache=False, training=False)
         return {k: v for k, v in out.items() if tf.is_tensor(v)}
+
+    def export(
+        self,
+        filepath: str | os.PathLike,
+        format: str = "tf_saved_model",
+        verbose: bool | None = None,
+        input_signature: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        """Keras 3's `export`. As a SavedModel with no `input_signature`, its `serve` endpoint is `serving`
+        (transformers 4.x's signature: `{"input_ids", "attention_mask"}` int32 (B, T) in, the output's tensors out),
+        so no call is needed first: `tf.saved_model.load(path).serve({"input_ids": ids, "attention_mask": mask})`.
+        Otherwise (another format, a signature of your own) Keras exports `model.__call__`."""
+        if format != "tf_saved_model" or input_signature is not None or kwargs:
+            return super().export(filepath, format=format, verbose=verbose, input_signature=input_signature, **kwargs)
+        archive = keras.export.ExportArchive()
+        archive.track(self)
+        archive.add_endpoint("serve", self.serving)
+        archive.write_out(os.fspath(filepath), verbose=True if verbose is None else verbose)
 
 
 def _finish_init(model: TFGPT2PreTrainedModel, seed: int | None) -> None:
@@ -535,6 +748,7 @@ def _finish_init(model: TFGPT2PreTrainedModel, seed: int | None) -> None:
         model.init_weights(seed)
 
 
+@_register
 class TFGPT2Model(TFGPT2PreTrainedModel):
     """The bare GPT-2 transformer: embeddings, blocks, final LayerNorm.
 
@@ -698,6 +912,7 @@ def _lm_head(config: GPT2Config, dtype: Any) -> keras.layers.Dense | None:
 TFGPT2MainLayer = TFGPT2Model
 
 
+@_register
 class TFGPT2LMHeadModel(TFGPT2PreTrainedModel):
     """GPT-2 with a language-modeling head (tied to the token embedding unless `tie_word_embeddings=False`).
 
@@ -791,6 +1006,7 @@ def lm_loss(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
     return _cross_entropy(logits[..., :-1, :], labels[..., 1:], reference.IGNORE_INDEX)
 
 
+@_register
 class TFGPT2SequenceSummary(keras.layers.Layer):
     """transformers' GPT2SequenceSummary: pool one vector per sequence (the multiple-choice head).
 
@@ -800,6 +1016,8 @@ class TFGPT2SequenceSummary(keras.layers.Layer):
 
     def __init__(self, config: GPT2Config, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        config = _config_from(config)
+        self.config = config
         self.summary_type = config.summary_type
         self.summary = None
         if config.summary_use_proj:
@@ -808,6 +1026,9 @@ class TFGPT2SequenceSummary(keras.layers.Layer):
         self.activation = tf.tanh if config.summary_activation == "tanh" else (lambda x: x)
         self.first_dropout = _dropout(config.summary_first_dropout, self.dtype_policy)
         self.built = True
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "config": self.config.to_dict()}
 
     def call(self, hidden_states: tf.Tensor, cls_index: tf.Tensor | None = None, training: bool = False) -> tf.Tensor:
         if self.summary_type == "last":
@@ -828,6 +1049,7 @@ class TFGPT2SequenceSummary(keras.layers.Layer):
         return self.activation(x)
 
 
+@_register
 class TFGPT2DoubleHeadsModel(TFGPT2PreTrainedModel):
     """GPT-2 with a language-modeling head and a multiple-choice head (RocStories/SWAG style).
 
@@ -909,6 +1131,7 @@ class TFGPT2DoubleHeadsModel(TFGPT2PreTrainedModel):
         return super().compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training)
 
 
+@_register
 class TFGPT2ForSequenceClassification(TFGPT2PreTrainedModel):
     """GPT-2 with a linear classifier on the last non-padding token (`config.pad_token_id`).
 
@@ -989,6 +1212,7 @@ class TFGPT2ForSequenceClassification(TFGPT2PreTrainedModel):
         return _returned(output, return_dict)
 
 
+@_register
 class TFGPT2ForTokenClassification(TFGPT2PreTrainedModel):
     """GPT-2 with a linear classifier on every token.
 
@@ -1046,6 +1270,7 @@ class TFGPT2ForTokenClassification(TFGPT2PreTrainedModel):
         return _returned(output, return_dict)
 
 
+@_register
 class TFGPT2ForQuestionAnswering(TFGPT2PreTrainedModel):
     """GPT-2 with a span-extraction head (start and end logits per token).
 

@@ -68,15 +68,26 @@ def pretokenize_patterns() -> tuple[str, str]:
     return split_runs, pieces
 
 
+class _Source:
+    """The vocabulary and merges a tokenizer was built from (for get_config)."""
+
+    def __init__(self, vocab: dict[str, int], merges: list[tuple[str, str]]) -> None:
+        self.vocab, self.merges = vocab, merges
+
+
 def _escape_re2(text: str) -> str:
     return "".join(f"\\x{{{ord(c):X}}}" for c in text)
 
 
+@keras.saving.register_keras_serializable(package="gpt2_tf")
 class TFGPT2Tokenizer(keras.layers.Layer):
     """GPT-2's tokenizer as a Keras layer of TensorFlow ops: a batch of strings in, padded token ids out.
 
     Ids equal `gpt2_core.tokenization.GPT2Tokenizer`'s (special tokens such as `<|endoftext|>` in the text included).
-    Runs eagerly, in `tf.function` and `tf.data`, and inside a SavedModel.
+    Runs eagerly, in `tf.function` and `tf.data` (batched or one string per element), and inside a SavedModel
+    signature; without `max_length` it pads to the longest row of the batch (`tokenize` gives the ragged ids).
+    `get_config()` carries the vocabulary, merges and special tokens, so `from_config` (and `keras.saving`) rebuild
+    this tokenizer, not GPT-2's.
 
     Args:
         vocab: Token -> id (`vocab.json`); with `merges` left out too, the shipped GPT-2 vocabulary.
@@ -111,6 +122,9 @@ class TFGPT2Tokenizer(keras.layers.Layer):
             oracle = GPT2Tokenizer()
             vocab, merges = oracle.encoder, oracle.merges
         vocab = dict(vocab)
+        merges = [tuple(m) for m in merges]
+        # kept for get_config (a plain holder: Keras would wrap a dict attribute in a tracking container)
+        self._source = _Source(vocab, merges)
         if max(vocab.values()) >= 2**_ID_BITS:
             raise ValueError(f"Token ids must be < 2**{_ID_BITS}. Received: max id {max(vocab.values())}.")
         self.vocab_size = max(vocab.values()) + 1
@@ -124,15 +138,23 @@ class TFGPT2Tokenizer(keras.layers.Layer):
             padding_side=padding_side,
             truncation_side=truncation_side,
         )
-        self._build_tables(vocab, [tuple(m) for m in merges])
+        self._build_tables(vocab, merges)
         self.built = True
+
+    def __call__(self, texts: Any, *args: Any, **kwargs: Any) -> dict[str, tf.Tensor]:
+        # Keras takes only tensors positionally: a Python string or list of strings is converted first
+        if not isinstance(texts, (tf.Tensor, tf.RaggedTensor)) and not tf.is_tensor(texts):
+            texts = tf.convert_to_tensor(texts, tf.string)
+        return super().__call__(texts, *args, **kwargs)
 
     # -- construction ---------------------------------------------------------------------------------------------
     @classmethod
     def from_tokenizer(cls, tokenizer: Any, **kwargs: Any) -> "TFGPT2Tokenizer":
         """The in-graph twin of a `gpt2_core` (or transformers) GPT2Tokenizer: same vocabulary, merges, special
         tokens, `add_prefix_space`, padding side and pad id."""
-        specials = [ENDOFTEXT, *getattr(tokenizer, "all_special_tokens", [])]
+        # added tokens (transformers' `added_tokens_encoder`) are matched whole in text, as the tokenizer does
+        added = dict(getattr(tokenizer, "added_tokens_encoder", None) or {})
+        specials = [ENDOFTEXT, *getattr(tokenizer, "all_special_tokens", []), *added]
         defaults = dict(
             add_prefix_space=bool(getattr(tokenizer, "add_prefix_space", False)),
             special_tokens=specials,
@@ -141,7 +163,7 @@ class TFGPT2Tokenizer(keras.layers.Layer):
             truncation_side=getattr(tokenizer, "truncation_side", "right"),
         )
         defaults.update(kwargs)
-        return cls(dict(tokenizer.encoder), list(tokenizer.merges), **defaults)
+        return cls({**tokenizer.encoder, **added}, list(tokenizer.merges), **defaults)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, **kwargs: Any) -> "TFGPT2Tokenizer":
@@ -174,6 +196,13 @@ class TFGPT2Tokenizer(keras.layers.Layer):
 
     def _build_tables(self, vocab: dict[str, int], merges: list[tuple[str, str]]) -> None:
         byte_encoder = bytes_to_unicode()
+        missing = [byte_encoder[b] for b in range(256) if byte_encoder[b] not in vocab]
+        if missing:
+            raise ValueError(
+                "TFGPT2Tokenizer needs a token for each of the 256 bytes (GPT-2's byte-level alphabet). Received: a "
+                f"vocabulary of {len(vocab)} tokens without {len(missing)} of them, e.g. {missing[:5]}. Add the byte "
+                "tokens to the vocabulary, or use gpt2_core's GPT2Tokenizer outside the graph."
+            )
         byte_keys = tf.constant([bytes([b]) for b in range(256)])
         byte_ids = tf.constant([vocab[byte_encoder[b]] for b in range(256)], tf.int64)
         self._byte_table = tf.lookup.StaticHashTable(
@@ -284,23 +313,34 @@ class TFGPT2Tokenizer(keras.layers.Layer):
         ids = tf.cast(ids, tf.int32)
         return ids[0] if scalar else ids
 
-    def call(self, texts: Any) -> dict[str, tf.Tensor]:
-        """(B,) strings -> {"input_ids", "attention_mask"}, (B, L) int32, truncated and padded per the settings."""
-        ids = self.tokenize(texts)
-        if ids.shape.rank == 1:
-            ids = ids[None]
-        if self.max_length is not None:
-            L = self.max_length
-            ids = ids[:, :L] if self.truncation_side == "right" else ids[:, -L:]
+    def call(self, texts: Any, max_length: int | None = None) -> dict[str, tf.Tensor]:
+        """(B,) strings -> {"input_ids", "attention_mask"}, (B, L) int32; one string -> (L,) each.
+
+        `L` is `max_length` (this call's, else the layer's: rows truncated per `truncation_side`, padded to it) or,
+        with neither, the longest row of the batch. Works in graph mode (`tf.function`, `tf.data`, a SavedModel
+        signature with unknown batch size) either way.
+        """
+        texts = tf.convert_to_tensor(texts, tf.string)
+        scalar = texts.shape.rank == 0
+        ids = self.tokenize(texts[None] if scalar else texts)  # (B, None) ragged
+        max_length = self.max_length if max_length is None else int(max_length)
+        if max_length is not None:
+            ids = ids[:, :max_length] if self.truncation_side == "right" else ids[:, -max_length:]
         lengths = ids.row_lengths()
-        L = self.max_length if self.max_length is not None else tf.reduce_max(tf.concat([lengths, [0]], 0))
-        dense = ids.to_tensor(default_value=self.pad_token_id, shape=[None, L])  # (B, L) right-padded
+        if max_length is None:
+            dense = ids.to_tensor(default_value=self.pad_token_id)  # (B, longest) right-padded
+            L = tf.shape(dense, out_type=tf.int64)[1]
+        else:
+            L = max_length
+            dense = ids.to_tensor(default_value=self.pad_token_id, shape=[None, L])  # (B, L) right-padded
         mask = tf.sequence_mask(lengths, L, dtype=tf.int32)
         if self.padding_side == "left":
             shift = tf.cast(L, tf.int64) - lengths  # (B,)
             src = tf.range(L, dtype=tf.int64)[None, :] - shift[:, None]
             dense = tf.where(src >= 0, tf.gather(dense, tf.maximum(src, 0), batch_dims=1), self.pad_token_id)
             mask = tf.reverse(mask, axis=[1])
+        if scalar:
+            return {"input_ids": dense[0], "attention_mask": mask[0]}
         return {"input_ids": dense, "attention_mask": mask}
 
     # -- decoding ---------------------------------------------------------------------------------------------------
@@ -319,6 +359,8 @@ class TFGPT2Tokenizer(keras.layers.Layer):
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         config.update(
+            vocab=dict(self._source.vocab),
+            merges=[list(m) for m in self._source.merges],
             max_length=self.max_length,
             pad_token_id=self.pad_token_id,
             padding_side=self.padding_side,
