@@ -1,26 +1,144 @@
-"""`GPT2TokenizerFast`: GPT-2's tokenizer on Hugging Face `tokenizers` (Rust), with `GPT2Tokenizer`'s API and ids.
+"""`GPT2TokenizerFast`: GPT-2's tokenizer on native BPE engines, with `GPT2Tokenizer`'s API and ids.
 
-`tokenizers` does the splitting at added tokens, the byte-level pre-tokenization and BPE (and gives the character
-offsets); everything else (templates, truncation, padding, files) is the shared code in
-`gpt2_core.tokenization_api`, so the two classes cannot drift apart.
+Two engines, both Rust:
+    - `tiktoken` (OpenAI's BPE, optional: `pip install "gpt2-frameworks[fast]"`) encodes ids when the vocabulary
+      is GPT-2's own, for which its rank-based merging gives exactly the ids of the merge list (checked on every
+      token of the vocabulary and on the whole corpus in the tests). The text is split at added tokens here, as
+      `GPT2Tokenizer` does; long texts are cut at safe newlines and batches are encoded on a thread pool
+      (tiktoken releases the GIL), so one call and batches both use every core.
+    - `tokenizers` (Hugging Face, a core dependency) for everything else: character offsets, vocabularies other
+      than GPT-2's (whose ids tiktoken's merge rule is not known to reproduce), and when tiktoken is missing.
+
+Why it was slow before: every call went through `tokenizers`, which on one long text runs single-threaded and keeps
+per-byte alignments for offsets even when nobody asks for them (about 1 MB/s on the 4.6 MB corpus, against
+tiktoken's 6-11 MB/s on the same machine).
+
+Everything else (templates, truncation, padding, files) is the shared code in `gpt2_core.tokenization_api`, so
+`GPT2Tokenizer` and this class cannot drift apart. `TOKENIZERS_PARALLELISM=false` turns the thread pool off.
 
 References:
+    - openai/tiktoken: `Encoding(pat_str, mergeable_ranks, special_tokens)`, `encode_ordinary`.
     - huggingface/tokenizers: `models.BPE`, `pre_tokenizers.ByteLevel`, `decoders.ByteLevel`, `AddedToken`.
     - huggingface/transformers `models/gpt2/tokenization_gpt2.py` (v5): how it builds the same pipeline.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import concurrent.futures
+import functools
+import logging
+import os
+import threading
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import regex
+
+from gpt2_core import tokenization_io as io
 from gpt2_core.tokenization_api import _GPT2TokenizerBase
+from gpt2_core.tokenization_bpe import ENDOFTEXT, GPT2_PRETOKENIZE_PATTERN, bytes_to_unicode
+
+logger = logging.getLogger("gpt2_core.tokenization")
+
+# A text longer than this (characters) is cut into pieces of about _CHUNK_CHARS at safe newlines (see _safe_cuts),
+# so that one long text is encoded on several threads.
+_CHUNK_CHARS = 1 << 17
+# Work under this many characters in one call is encoded on the calling thread (threads would cost more).
+_PARALLEL_MIN_CHARS = 1 << 16
+
+
+def _parallel_workers() -> int:
+    if os.environ.get("TOKENIZERS_PARALLELISM", "").strip().lower() in ("0", "false", "no", "off"):
+        return 1
+    return min(os.cpu_count() or 1, 8)
+
+
+_POOL: tuple[int, concurrent.futures.ThreadPoolExecutor] | None = None  # (pid, pool): a forked child makes its own
+_POOL_LOCK = threading.Lock()
+
+
+def _pool() -> concurrent.futures.ThreadPoolExecutor:
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None or _POOL[0] != os.getpid():
+            workers = _parallel_workers()
+            _POOL = (os.getpid(), concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="gpt2-tok"))
+        return _POOL[1]
+
+
+@functools.lru_cache(maxsize=1)
+def _gpt2_tiktoken() -> Any:
+    """tiktoken's encoding of GPT-2's shipped vocabulary (ranks = ids), built once per process; None without
+    tiktoken."""
+    try:
+        import tiktoken
+    except ImportError:
+        logger.info(
+            "GPT2TokenizerFast uses `tokenizers` because `tiktoken` is not installed; "
+            'pip install "gpt2-frameworks[fast]" (or tiktoken) encodes several times faster.'
+        )
+        return None
+    encoder, _ = io.shipped_files()
+    byte_decoder = {c: b for b, c in bytes_to_unicode().items()}
+    ranks = {bytes(byte_decoder[c] for c in t): i for t, i in encoder.items() if t != ENDOFTEXT}
+    # OpenAI's pattern as written (tiktoken's Rust regex has Unicode 16.0 tables, the ones GPT2Tokenizer pins to).
+    return tiktoken.Encoding(name="gpt2_core", pat_str=GPT2_PRETOKENIZE_PATTERN, mergeable_ranks=ranks,
+                             special_tokens={})  # fmt: skip
+
+
+def _is_ascii_graphic(ch: str) -> bool:
+    return "!" <= ch <= "~"
+
+
+def _safe_cuts(text: str, size: int) -> list[str]:
+    r"""Cut `text` into pieces of about `size` characters that pre-tokenize exactly as the whole text does.
+
+    A cut goes right after a newline that sits between two printable ASCII characters ("x\ny"): the newline
+    is then a pre-token on its own in both the whole text and the piece before the cut (the pattern's only
+    lookahead, `\s+(?!\S)`, sees one character, and no alternative can take a newline together with a letter,
+    digit or punctuation), and the text after the cut starts a pre-token. A text without such newlines stays whole.
+    """
+    pieces: list[str] = []
+    start, n = 0, len(text)
+    while n - start > 2 * size:
+        i = text.find("\n", start + size)
+        while i != -1 and not (_is_ascii_graphic(text[i - 1]) and i + 1 < n and _is_ascii_graphic(text[i + 1])):
+            i = text.find("\n", i + 1)
+        if i == -1:
+            break
+        pieces.append(text[start : i + 1])
+        start = i + 1
+    pieces.append(text[start:] if start else text)
+    return pieces
+
+
+def _encode_all(encode: Callable[[str], list[int]], jobs: list[str]) -> list[list[int]]:
+    """`[encode(j) for j in jobs]`, on the thread pool when there is enough work (the engine releases the GIL)."""
+    total = sum(map(len, jobs))
+    workers = _parallel_workers()
+    if workers < 2 or len(jobs) < 2 or total < _PARALLEL_MIN_CHARS:
+        return [encode(j) for j in jobs]
+    # Contiguous groups of about equal size, a few per worker so that one long text does not hold up the rest.
+    n_groups = min(len(jobs), 4 * workers)
+    per_group = total / n_groups
+    groups: list[list[str]] = [[]]
+    filled = 0
+    for job in jobs:
+        if filled >= per_group * len(groups) and len(groups) < n_groups:
+            groups.append([])
+        groups[-1].append(job)
+        filled += len(job)
+    futures = [_pool().submit(lambda group: [encode(j) for j in group], group) for group in groups]
+    return [ids for future in futures for ids in future.result()]
 
 
 class GPT2TokenizerFast(_GPT2TokenizerBase):
-    """GPT-2's tokenizer backed by Hugging Face `tokenizers` (Rust): the same API and ids as `GPT2Tokenizer`.
+    """GPT-2's tokenizer on native engines (tiktoken, Hugging Face `tokenizers`): `GPT2Tokenizer`'s API and ids.
 
-    Needs `pip install tokenizers`. The underlying `tokenizers.Tokenizer` is `backend_tokenizer`.
+    Needs `pip install tokenizers`; with `tiktoken` installed too (the `fast` extra), ids of GPT-2's vocabulary
+    come from tiktoken, several times faster. Offsets and other vocabularies use `tokenizers`, whose
+    `tokenizers.Tokenizer` is `backend_tokenizer`. Long texts and batches are encoded on all cores
+    (`TOKENIZERS_PARALLELISM=false` turns that off).
 
     Args:
         vocab_file: Path to `vocab.json` (token -> id). With `merges_file` left out too, the shipped GPT-2
@@ -54,9 +172,23 @@ class GPT2TokenizerFast(_GPT2TokenizerBase):
             ) from exc
         self._tokenizers = tokenizers
         self._backends: dict[bool, Any] = {}  # add_prefix_space -> tokenizers.Tokenizer, built on first use
+        self._added_pattern: regex.Pattern | None = None
+        shipped_encoder, shipped_merges = io.shipped_files()
+        # tiktoken merges by the rank of the merged token; for GPT-2's vocabulary that gives the merge list's ids
+        # (tests/test_tokenizer_speed.py checks every token), for another vocabulary it need not.
+        self._gpt2_vocabulary = (self.encoder is shipped_encoder or self.encoder == shipped_encoder) and (
+            self.merges is shipped_merges or self.merges == shipped_merges
+        )
 
     def _on_added_tokens_changed(self) -> None:
         self._backends = {}
+        # As GPT2Tokenizer: longest first, so the regex takes the longest added token at a position.
+        tokens = sorted(self._added, key=len, reverse=True)
+        self._added_pattern = regex.compile("|".join(regex.escape(t) for t in tokens)) if tokens else None
+
+    def _tiktoken(self) -> Any:
+        """tiktoken's encoding for this vocabulary, or None (another vocabulary, or tiktoken not installed)."""
+        return _gpt2_tiktoken() if self._gpt2_vocabulary else None
 
     def _backend(self, add_prefix_space: bool) -> Any:
         backend = self._backends.get(add_prefix_space)
@@ -105,5 +237,43 @@ class GPT2TokenizerFast(_GPT2TokenizerBase):
     ) -> list[tuple[list[int], list[tuple[int, int]] | None]]:
         if not texts:
             return []
-        encodings = self._backend(add_prefix_space).encode_batch(list(texts), add_special_tokens=False)
-        return [(e.ids, list(e.offsets) if with_offsets else None) for e in encodings]
+        engine = None if with_offsets else self._tiktoken()
+        if engine is None:
+            encodings = self._backend(add_prefix_space).encode_batch(list(texts), add_special_tokens=False)
+            return [(e.ids, list(e.offsets) if with_offsets else None) for e in encodings]
+        # Split at added tokens (as GPT2Tokenizer, whose rules `tokenizers` follows too), cut long segments at
+        # safe newlines, encode every piece of every text in one go, then put each text back together.
+        jobs: list[str] = []
+        plans: list[list[tuple[bool, int]]] = []  # per text: (True, job index) or (False, added token id)
+        pattern = self._added_pattern
+        for text in texts:
+            plan: list[tuple[bool, int]] = []
+            position = 0
+            matches = pattern.finditer(text) if pattern is not None else ()
+            for match in (*matches, None):
+                end = len(text) if match is None else match.start()
+                segment = text[position:end] if position or end < len(text) else text
+                if segment:
+                    if add_prefix_space and not segment.startswith(" "):
+                        segment = " " + segment
+                    for piece in _safe_cuts(segment, _CHUNK_CHARS) if len(segment) > 2 * _CHUNK_CHARS else (segment,):
+                        plan.append((True, len(jobs)))
+                        jobs.append(piece)
+                if match is not None:
+                    plan.append((False, self._added_ids[match.group()]))
+                    position = match.end()
+            plans.append(plan)
+        results = _encode_all(engine.encode_ordinary, jobs)
+        out: list[tuple[list[int], list[tuple[int, int]] | None]] = []
+        for plan in plans:
+            if len(plan) == 1 and plan[0][0]:
+                out.append((results[plan[0][1]], None))
+                continue
+            ids: list[int] = []
+            for is_job, value in plan:
+                if is_job:
+                    ids.extend(results[value])
+                else:
+                    ids.append(value)
+            out.append((ids, None))
+        return out
