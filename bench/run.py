@@ -272,7 +272,7 @@ def transformers_static_compile(spec: Spec) -> dict[str, Callable[[], None]]:
     return calls
 
 
-def _keras_hub_lm(spec: Spec):
+def _keras_hub_lm(spec: Spec, num_beams: int = 1):
     keras_hub = _need("keras_hub")
     cfg = spec.config
     backbone = keras_hub.models.GPT2Backbone(
@@ -280,7 +280,8 @@ def _keras_hub_lm(spec: Spec):
         hidden_dim=cfg["n_embd"], intermediate_dim=4 * cfg["n_embd"], max_sequence_length=cfg["n_positions"],
     )
     lm = keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=None)
-    lm.compile(sampler="greedy")  # its default sampler is top-k; greedy is what everyone is timed on
+    # its default sampler is top-k; greedy (or beam search) is what everyone is timed on
+    lm.compile(sampler="greedy" if num_beams == 1 else keras_hub.samplers.BeamSampler(num_beams=num_beams))
     return lm
 
 
@@ -311,6 +312,7 @@ def keras_hub_tf(spec: Spec) -> dict[str, Callable[[], None]]:
     x = {"token_ids": tf.constant(long_ids), "padding_mask": tf.ones_like(long_ids, tf.bool)}
     forward_fn = tf.function(lambda x: lm(x), jit_compile=True)
     return {"decode_b1": _keras_hub_decode(spec, lm, 1), "decode_b8": _keras_hub_decode(spec, lm, 8),
+            "beam4_b1": _keras_hub_decode(spec, _keras_hub_lm(spec, spec.num_beams), 1),
             "forward_1x1024": lambda: forward_fn(x).numpy()}
 
 
@@ -323,6 +325,7 @@ def keras_hub_jax(spec: Spec) -> dict[str, Callable[[], None]]:
     long_ids = spec.prompts(1, spec.forward)
     x = {"token_ids": long_ids, "padding_mask": np.ones_like(long_ids, bool)}
     return {"decode_b1": _keras_hub_decode(spec, lm, 1), "decode_b8": _keras_hub_decode(spec, lm, 8),
+            "beam4_b1": _keras_hub_decode(spec, _keras_hub_lm(spec, spec.num_beams), 1),
             "forward_1x1024": lambda: lm.predict_on_batch(x)}
 
 
