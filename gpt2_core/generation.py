@@ -18,7 +18,9 @@
   (a gather into new buffers: the torch cache is written in place). `beam_indices` are flat (b * num_beams + k).
 * Stopping: a row is finished once it emits any id in `eos_token_id`, or its text completes one of the
   `stop_strings` (`StopStringMatcher`, on the host, between chunks of `CHUNK_STEPS` steps of a compiled loop);
-  afterwards it receives `pad_token_id` (default: the config's pad id, else the first eos id). Generation ends when
+  afterwards it receives `pad_token_id` (default: the generation config's pad id, else the first eos id) when
+  eos ids exist; without any, a row stopped by a stop string keeps its tokens (transformers' rule, which all three
+  backends follow). Generation ends when
   every row has finished or `max_new_tokens` are made; the result is `prompt + generated`, cut after the last
   step any row needed (transformers' shape rule). stop_strings with beam search are refused (not implemented).
 * Left padding: prompts are padded on the left with an attention mask; position ids follow
