@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue the run in --output-dir from its last checkpoint (the same settings; --max-steps may grow)")
     p.add_argument("--force", "--overwrite", dest="force", action="store_true",
                    help="start afresh in a non-empty --output-dir: the earlier run's checkpoints and metrics are removed")
+    p.add_argument("--shard-params", action="store_true",
+                   help="shard parameters and optimizer state over processes/devices (torch FSDP2, JAX NamedSharding)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging; show the traceback of an error")
     return p
@@ -79,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             save_every=args.save_every, log_every=args.log_every, seed=args.seed, learning_rate=args.learning_rate,
             min_lr_ratio=args.min_lr_ratio, weight_decay=args.weight_decay, beta1=args.beta1, beta2=args.beta2,
             grad_clip=args.grad_clip, eval_fraction=args.eval_fraction, dropout=args.dropout, resume=args.resume,
-            force=args.force,
+            force=args.force, shard_params=args.shard_params,
         )
         result = get_backend(args.backend).require().train(tc, progress=not args.no_progress)
         sys.stdout.write(json.dumps(result) + "\n")

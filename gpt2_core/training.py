@@ -66,6 +66,9 @@ class TrainConfig:
             (`RESUME_MAY_CHANGE` aside) or beyond `max_steps` is refused.
         force: Start afresh in an output_dir that holds an earlier run (its checkpoints and metrics are removed).
             Without `resume` or `force`, a non-empty output_dir is refused.
+        shard_params: Shard parameters and optimizer state over the processes/devices (torch FSDP2
+            `fully_shard`, JAX `NamedSharding` over the mesh's data axis) instead of replicating them; the loss curve
+            is the same. A backend whose framework cannot shard refuses it with the reason.
     """
 
     data: Sequence[str] = ()
@@ -92,6 +95,7 @@ class TrainConfig:
     overrides: dict = field(default_factory=dict)
     resume: bool = False
     force: bool = False
+    shard_params: bool = False
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
@@ -147,7 +151,7 @@ class TrainConfig:
 # Settings a resumed run may change: how long it runs and how often it logs, evaluates and saves. Any other
 # difference between the checkpoint's saved settings and the new ones (data, model, batch, schedule, seed) is refused.
 RESUME_MAY_CHANGE = ("output_dir", "max_steps", "eval_every", "eval_batches", "save_every", "log_every", "resume",
-                     "force")
+                     "force", "shard_params")
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -399,12 +403,16 @@ class TrainerBackend(Protocol):
             1 process (rank 0) unless the framework runs one process per device (torch under torchrun).
         world_size: How many share each global batch: torch processes, TF replicas, JAX devices.
         world_unit: What `world_size` counts, for error messages (`processes`, `replicas`, `devices`).
+        collective: True when `evaluate` and `save` are collective operations (sharded parameters, several JAX
+            processes, TF multi-worker): the loop then calls them on every rank, with `directory=None` on ranks
+            other than 0 (they take part in the gather; rank 0 alone writes). Optional; False when absent.
     """
 
     name: str
     rank: int
     world_size: int
     world_unit: str
+    collective: bool
 
     def build(self, tc: TrainConfig, *, config: GPT2Config | None, weights: str | Path | None,
               optimizer_state: Path | None) -> None:
@@ -431,10 +439,12 @@ class TrainerBackend(Protocol):
         """Rows per evaluation batch."""
 
     def evaluate(self, batches: list[np.ndarray]) -> float:
-        """Mean loss over `batches` with dropout off; NaN when there are none. Called on rank 0 only."""
+        """Mean loss over `batches` with dropout off; NaN when there are none. Called on rank 0 only, or on every
+        rank when `collective` (each returns the same value)."""
 
-    def save(self, directory: Path, *, optimizer: bool) -> None:
-        """The model in Hub layout into `directory` (which exists) and, when `optimizer`, its optimizer state."""
+    def save(self, directory: Path | None, *, optimizer: bool) -> None:
+        """The model in Hub layout into `directory` (which exists) and, when `optimizer`, its optimizer state.
+        `directory` is None only on ranks other than 0 of a `collective` backend: take part, write nothing."""
 
     def sync(self) -> None:
         """After every step, on every rank (torch: a barrier)."""
@@ -457,6 +467,9 @@ def save_checkpoint(backend: TrainerBackend, tokenizer, directory: Path, step: i
     directory without it is incomplete and ignored by resume."""
     from gpt2_core.hub import atomic_directory
 
+    if backend.rank != 0:  # a collective backend's other ranks: they take part in the gather, rank 0 writes
+        backend.save(None, optimizer=True)
+        return
     # staged beside and renamed into place whole: an interrupted save (Ctrl-C, SIGTERM, a full disk) leaves no
     # half-written checkpoint-STEP, and re-saving one replaces it in one step
     with atomic_directory(directory, force=True) as tmp:
@@ -541,6 +554,7 @@ def run_training(tc: TrainConfig, backend: TrainerBackend, progress: bool = True
     """
     tc.validate()
     world, rank = backend.world_size, backend.rank
+    collective = bool(getattr(backend, "collective", False))
     if tc.batch_size % world:
         raise ValueError(
             f"--batch-size must be divisible by the number of {backend.world_unit}. Received: batch_size="
@@ -602,21 +616,22 @@ def run_training(tc: TrainConfig, backend: TrainerBackend, progress: bool = True
             if bar is not None:
                 bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{rate:,.0f}")
         last = {"step": done, "loss": loss_value}
-        if rank == 0 and (done % tc.eval_every == 0 or done == tc.max_steps) and eval_set:
+        if (rank == 0 or collective) and (done % tc.eval_every == 0 or done == tc.max_steps) and eval_set:
             eval_loss = backend.evaluate(eval_set)
             last.update(eval_loss=eval_loss, eval_perplexity=math.exp(min(eval_loss, 50)))
             log.write(step=done, eval_loss=eval_loss, eval_perplexity=last["eval_perplexity"])
-        if rank == 0 and tc.save_every and done % tc.save_every == 0 and done != tc.max_steps:
+        if (rank == 0 or collective) and tc.save_every and done % tc.save_every == 0 and done != tc.max_steps:
             save_checkpoint(backend, tokenizer, out / f"checkpoint-{done}", done, tc, last)
         backend.sync()
         if bar is not None:
             bar.update(1)
     if bar is not None:
         bar.close()
-    if rank == 0:
+    if rank == 0 or collective:
         if start_step < tc.max_steps:  # resuming a finished run re-publishes its final model, from that checkpoint
             save_checkpoint(backend, tokenizer, out / f"checkpoint-{tc.max_steps}", tc.max_steps, tc, last)
-        backend.save(out, optimizer=False)
+        backend.save(out if rank == 0 else None, optimizer=False)
+    if rank == 0:
         tokenizer.save_pretrained(out)
         log.write(event="end", **last)
     backend.close()
