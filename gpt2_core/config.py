@@ -336,6 +336,10 @@ class GPT2Config:
             self.id2label = {i: f"LABEL_{i}" for i in range(int(value))}
             self.label2id = {v: k for k, v in self.id2label.items()}
             return
+        if name in PRETRAINED_CONFIG_FIELDS:  # transformers' generic fields live in `extra`, so to_dict writes them
+            check_field_type(name, value)
+            self.__dict__.setdefault("extra", {})[name] = value
+            return
         object.__setattr__(self, name, value)
 
     @property

@@ -378,3 +378,18 @@ def test_one_strict_check_lists_every_problem():
     del params["h.9.ln_1.weight"]
     params["wte.weight"] = np.zeros((config.vocab_size, config.n_embd))
     assert naming.check_canonical(params, config, "seqcls", allow_missing_head=True) == ["score.weight"]
+
+
+def test_generic_config_fields_set_as_attributes_are_written_and_typed():
+    """`config.output_hidden_states = True` (transformers users set it so) is saved with the config, read back, and
+    a string where a bool belongs is refused as on read."""
+    from gpt2_core.config import GPT2Config
+
+    config = GPT2Config(n_layer=1, n_embd=8, n_head=2)
+    config.output_hidden_states = True
+    config.return_dict = False
+    again = GPT2Config.from_dict(config.to_dict())
+    assert config.to_dict()["output_hidden_states"] is True
+    assert again.output_hidden_states is True and again.return_dict is False
+    with pytest.raises(ValueError, match="output_attentions"):
+        config.output_attentions = "yes"
