@@ -554,7 +554,6 @@ def run_training(tc: TrainConfig, backend: TrainerBackend, progress: bool = True
     """
     tc.validate()
     world, rank = backend.world_size, backend.rank
-    collective = bool(getattr(backend, "collective", False))
     if tc.batch_size % world:
         raise ValueError(
             f"--batch-size must be divisible by the number of {backend.world_unit}. Received: batch_size="
@@ -582,6 +581,7 @@ def run_training(tc: TrainConfig, backend: TrainerBackend, progress: bool = True
         backend.build(tc, config=None, weights=resume_dir, optimizer_state=resume_dir)
     else:
         backend.build(tc, config=config, weights=pretrained, optimizer_state=None)
+    collective = bool(getattr(backend, "collective", False))  # known once built (sharding is decided there)
 
     log = MetricsLog(out / METRICS_NAME, enabled=rank == 0)
     if start_step == 0:
