@@ -14,8 +14,10 @@ device, split each batch along its first axis, and call the same `train_step`; X
     loss = train_step(model, optimizer, shard_batch(mesh, batch))
 
 `train_lm` is `gpt2 train --backend flax`: gpt2_core.training's loop (`run_training`) with `FlaxTrainer`, the batch
-sharded over all local devices. Both paths use one optimizer: `make_lm_adamw` (torch.optim.AdamW's arithmetic at
-unit rate, decay where `gpt2_core.training.decays`), `clip_by_global_norm` (torch's `clip_grad_norm_`) and the rate
+sharded over every device of every JAX process (`jax.distributed` when the environment starts several; the mesh,
+`--shard-params` (FSDP) and the host gathers for saving are gpt2_flax/sharding.py's; docs/scaling.md). Both paths
+use one optimizer: `make_lm_adamw` (torch.optim.AdamW's arithmetic at unit rate, decay where
+`gpt2_core.training.decays`), `clip_by_global_norm` (torch's `clip_grad_norm_`) and the rate
 of `gpt2_core.training.learning_rate` (`make_optimizer` reads it from `make_schedule`, the loop passes it per step).
 
 References: optax `adamw`, `scale_by_schedule`; flax NNX guides "Performance considerations" and "Scale up on
@@ -280,63 +282,83 @@ def save_optimizer_state(opt_state: Any, path: Path) -> None:
 
 
 def load_optimizer_state(template: Any, path: Path) -> Any:
-    """Fill `template` (a fresh optimizer state of the same model and optimizer) with the leaves saved in `path`."""
+    """Fill `template` (a fresh optimizer state of the same model and optimizer, or its `jax.eval_shape`) with the
+    leaves saved in `path`."""
     flat, treedef = jax.tree_util.tree_flatten_with_path(template)
     with np.load(path, allow_pickle=False) as saved:
         saved = dict(saved)
     names = [jax.tree_util.keystr(k) for k, _ in flat]
-    wrong = [f"{n}: expected {tuple(np.shape(v))}, found {saved[n].shape}" for n, (_, v) in zip(names, flat)
-             if n in saved and saved[n].shape != tuple(np.shape(v))]
+    wrong = [f"{n}: expected {tuple(v.shape)}, found {saved[n].shape}" for n, (_, v) in zip(names, flat)
+             if n in saved and saved[n].shape != tuple(v.shape)]
     if set(names) != set(saved) or wrong:
         raise ValueError(
             f"The optimizer state does not fit the model. Received: {str(path)!r} with missing="
             f"{sorted(set(names) - set(saved))[:5]}, unexpected={sorted(set(saved) - set(names))[:5]}, wrong shapes="
             f"{wrong[:5]}. Resume with the model and optimizer settings that wrote it, or start a new --output-dir."
         )
-    leaves = [jnp.asarray(saved[n], dtype=jnp.asarray(v).dtype) for n, (_, v) in zip(names, flat)]
+    leaves = [jnp.asarray(saved[n], dtype=v.dtype) for n, (_, v) in zip(names, flat)]
     return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
 class FlaxTrainer:
-    """gpt2_core.training.TrainerBackend for a FlaxGPT2LMHeadModel: one process, every device it sees.
+    """gpt2_core.training.TrainerBackend for a FlaxGPT2LMHeadModel: every device of every JAX process.
 
-    With more than one JAX device the parameters and optimizer state are replicated and each global batch is split
-    across a one-axis mesh (`make_mesh`), so the loss curve does not depend on the number of devices.
+    Several processes (`gpt2_flax.sharding.initialize_distributed`: `JAX_COORDINATOR_ADDRESS`, `JAX_NUM_PROCESSES`,
+    `JAX_PROCESS_ID`, or a cluster JAX detects) share one global mesh; each process feeds its rows of the global
+    batch, process 0 writes metrics and checkpoints (`rank = jax.process_index()`), and `evaluate` / `save` are
+    collective. With more than one device the parameters and optimizer state are replicated over the mesh, or with
+    `--shard-params` split over its "data" axis (FSDP, `gpt2_flax.sharding.param_specs`); either way the loss
+    curve does not depend on the number of devices or processes.
     """
 
     name = "flax"
     world_unit = "devices"
-    rank = 0
 
     def __init__(self) -> None:
-        if jax.process_count() > 1:
-            raise ValueError(
-                f"gpt2 train --backend flax runs in one process. Received: jax.process_count()={jax.process_count()}. "
-                "Start it once (it uses every device of that process), or use --backend torch with torchrun across hosts."
-            )
+        from gpt2_flax import sharding
+
+        sharding.initialize_distributed()  # before anything touches a device
+        self.rank = jax.process_index()
         self.world_size = jax.device_count()
+        self.collective = jax.process_count() > 1
 
     def build(self, tc: TrainConfig, *, config: GPT2Config | None, weights: str | Path | None,
               optimizer_state: Path | None) -> None:
+        from gpt2_flax import sharding
         from gpt2_flax.model import FlaxGPT2LMHeadModel, default_rngs
 
-        if weights is None:
-            # gpt2_core.reference.init_params(config, "lm", seed): the torch trainer's initial weights for the same seed
-            model = FlaxGPT2LMHeadModel.from_config(config, seed=tc.seed)
-        else:
-            model = FlaxGPT2LMHeadModel.from_pretrained(weights, config=config, rngs=default_rngs(tc.seed))
+        # every process has checked --output-dir (run_training) before process 0 writes the first metrics line
+        sharding.barrier("gpt2 train: output directory checked")
         self.hp = AdamWConfig.from_train_config(tc)
-        opt_state = init_lm_optimizer_state(model, self.hp)
-        if optimizer_state is not None and (optimizer_state / OPTIMIZER_NAME).exists():
-            opt_state = load_optimizer_state(opt_state, optimizer_state / OPTIMIZER_NAME)
-        self.mesh = make_mesh() if self.world_size > 1 else None
-        if self.mesh is not None:
-            replicate(self.mesh, model)
-            opt_state = jax.device_put(opt_state, NamedSharding(self.mesh, PartitionSpec()))
+        self.mesh = sharding.make_mesh() if self.world_size > 1 or tc.shard_params else None
+        # sharded: assemble the full model in host memory, so no device ever holds more than its shards
+        host = jax.local_devices(backend="cpu")[0] if tc.shard_params else None
+        with jax.default_device(host):
+            if weights is None:
+                # gpt2_core.reference.init_params(config, "lm", seed): the torch trainer's initial weights for the seed
+                model = FlaxGPT2LMHeadModel.from_config(config, seed=tc.seed)
+            else:
+                model = FlaxGPT2LMHeadModel.from_pretrained(weights, config=config, rngs=default_rngs(tc.seed))
+            tx = make_lm_adamw(model, self.hp)
+            params = lambda: {path: var.get_value() for path, var in _param_vars(model).items()}  # noqa: E731
+            template = jax.eval_shape(tx.init, params())
+            saved = optimizer_state / OPTIMIZER_NAME if optimizer_state is not None else None
+            opt_state = load_optimizer_state(template, saved) if saved is not None and saved.exists() else None
+        if self.mesh is None:
+            opt_state = tx.init(params()) if opt_state is None else opt_state
+        else:
+            shardings = sharding.shard_model(model, self.mesh, fsdp=tc.shard_params, tensor_parallel=False)
+            placement = sharding.state_shardings(template, shardings, self.mesh)
+            if opt_state is None:  # made in place, each device only its shards
+                opt_state = jax.jit(tx.init, out_shardings=placement)(params())
+            else:
+                opt_state = sharding.place(opt_state, placement)
         self.model, self.opt_state = model, opt_state
 
     def _place(self, batch: np.ndarray) -> jax.Array:
-        return shard_batch(self.mesh, {"x": batch})["x"] if self.mesh is not None else jnp.asarray(batch)
+        from gpt2_flax import sharding
+
+        return sharding.global_batch(self.mesh, batch) if self.mesh is not None else jnp.asarray(batch)
 
     def num_parameters(self) -> int:
         return self.model.num_parameters()
@@ -358,16 +380,25 @@ class FlaxTrainer:
             losses.append(float(eval_step(self.model, {"input_ids": x, "labels": x})))
         return float(np.mean(losses)) if losses else float("nan")
 
-    def save(self, directory: Path, *, optimizer: bool) -> None:
-        self.model.save_pretrained(directory)
+    def save(self, directory: Path | None, *, optimizer: bool) -> None:
+        # collective with several processes: every process gathers the shards, process 0 (a directory) writes
+        from gpt2_flax import sharding
+
+        model = sharding.host_model(self.model) if self.mesh is not None else self.model
+        opt_state = sharding.to_host(self.opt_state) if optimizer else None
+        if directory is None:
+            return
+        model.save_pretrained(directory)
         if optimizer:
-            save_optimizer_state(self.opt_state, directory / OPTIMIZER_NAME)
+            save_optimizer_state(opt_state, directory / OPTIMIZER_NAME)
 
     def sync(self) -> None:
         pass
 
     def close(self) -> None:
-        pass
+        from gpt2_flax import sharding
+
+        sharding.barrier("gpt2 train: done")  # no process leaves while process 0 still writes
 
 
 def train_lm(tc: TrainConfig, progress: bool = True) -> dict:
