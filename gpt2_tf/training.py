@@ -14,6 +14,22 @@ checked against float64); Adam is nearly scale invariant, so the loss curves sti
 
 `--batch-size` is the global batch: with N replicas each takes its 1/N slice, the per-replica losses and gradients
 are averaged, so the loss curve does not depend on the number of replicas.
+
+Several machines: when `TF_CONFIG` names a cluster of more than one worker (`chief` and `worker` tasks), the
+strategy is `tf.distribute.MultiWorkerMirroredStrategy` (tensorflow.org/tutorials/distribute/multi_worker_with_ctl):
+one process per worker, each running the whole loop on the same global batch and taking its replicas' rows of it
+(`experimental_distribute_values_from_function`, by global replica id), gradients all-reduced by TF's collective
+ops. `rank` is the worker's index (the chief, or worker 0 without one, is rank 0). The trainer is then `collective`:
+every worker takes part in evaluation and saving, and only rank 0 writes (TF's guide has non-chief workers save to a
+throwaway directory; here they write nothing, since reading a mirrored variable needs no collective op).
+
+`--shard-params` is refused (`SHARD_PARAMS_UNSUPPORTED`): nothing in tf.distribute shards a Keras 3 model's
+variables for synchronous training. `ParameterServerStrategy` (variable partitioners -> `ShardedVariable`) is
+asynchronous, places the shards on CPU parameter-server tasks rather than on the accelerators, and is not supported
+by Keras 3 (keras-team/keras#18624); Keras 3's `keras.distribution.ModelParallel` / `LayoutMap` shards on the JAX
+backend only (keras.io/guides/distribution; its TensorFlow backend is a DTensor prototype marked "DO NOT USE",
+keras/src/backend/tensorflow/distribution_lib.py). Train with `--backend flax --shard-params` (NamedSharding) or
+`--backend torch --shard-params` (FSDP2) and load the checkpoint into TF with `TFGPT2LMHeadModel.from_pretrained`.
 """
 
 from __future__ import annotations
@@ -37,10 +53,58 @@ from gpt2_tf.weights import named_variables  # noqa: E402
 
 OPTIMIZER_NAME = "optimizer.npz"
 
+SHARD_PARAMS_UNSUPPORTED = (
+    "--shard-params is not available with --backend tf: tf.distribute has no synchronous parameter sharding for a "
+    "Keras 3 model (ParameterServerStrategy is asynchronous, keeps the shards on CPU parameter servers and is not "
+    "supported by Keras 3; keras.distribution.ModelParallel shards on the JAX backend only). Received: "
+    "shard_params=True, backend='tf'. Train with --backend flax --shard-params or --backend torch --shard-params "
+    "(the checkpoint loads into TFGPT2LMHeadModel.from_pretrained), or drop --shard-params for data parallel "
+    "training (MirroredStrategy / MultiWorkerMirroredStrategy)."
+)
 
-def _strategy() -> tf.distribute.Strategy:
-    """MirroredStrategy over the GPUs when there are several, else over the (logical) CPUs when there are several;
-    otherwise the default (one-device) strategy."""
+
+def _cluster() -> tf.distribute.cluster_resolver.TFConfigClusterResolver | None:
+    """TF_CONFIG's cluster when it names more than one worker (`chief` + `worker` tasks), else None."""
+    if not os.environ.get("TF_CONFIG"):
+        return None
+    try:
+        resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+        spec = resolver.cluster_spec()
+    except (ValueError, TypeError) as e:  # json.JSONDecodeError is a ValueError
+        raise ValueError(
+            f"TF_CONFIG is not a valid cluster description ({e}). Received: TF_CONFIG={os.environ['TF_CONFIG']!r}. "
+            'Set it to JSON like {"cluster": {"worker": ["host1:port", "host2:port"]}, "task": {"type": "worker", '
+            '"index": 0}}, or unset it for one process.'
+        ) from None
+    jobs = spec.as_dict()
+    workers = sum(len(jobs.get(job, ())) for job in ("chief", "worker"))
+    if workers <= 1:
+        return None
+    if resolver.task_type not in ("chief", "worker") or resolver.task_id is None:
+        raise ValueError(
+            "TF_CONFIG's task is not a training worker. Received: task type="
+            f"{resolver.task_type!r}, index={resolver.task_id!r}. `gpt2 train` runs synchronous data parallel "
+            "training (MultiWorkerMirroredStrategy): give each process a task of type 'chief' or 'worker' (no 'ps' "
+            "or 'evaluator' tasks)."
+        )
+    return resolver
+
+
+def _rank(resolver: tf.distribute.cluster_resolver.TFConfigClusterResolver) -> int:
+    """The worker's index: the chief is 0 and the workers follow it; without a chief, worker i is i."""
+    has_chief = bool(resolver.cluster_spec().as_dict().get("chief"))
+    if resolver.task_type == "chief":
+        return 0
+    return int(resolver.task_id) + (1 if has_chief else 0)
+
+
+def _strategy(resolver: tf.distribute.cluster_resolver.TFConfigClusterResolver | None = None) -> tf.distribute.Strategy:
+    """MultiWorkerMirroredStrategy over TF_CONFIG's workers when `resolver` is given; else MirroredStrategy over the
+    GPUs when there are several, else over the (logical) CPUs when there are several; otherwise the default
+    (one-device) strategy."""
+    if resolver is not None:
+        # created before anything initialises TF's runtime (it configures the collective ops of the eager context)
+        return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
     gpus = tf.config.list_logical_devices("GPU")
     devices = gpus if gpus else tf.config.list_logical_devices("CPU")
     if len(devices) > 1:
@@ -172,21 +236,27 @@ def make_eval_step(model: TFGPT2LMHeadModel):
 
 
 class TFTrainer:
-    """gpt2_core.training.TrainerBackend for a TFGPT2LMHeadModel; one process, `_strategy()`'s replicas.
+    """gpt2_core.training.TrainerBackend for a TFGPT2LMHeadModel; `_strategy()`'s replicas in one process, or one
+    process per worker of a TF_CONFIG cluster (MultiWorkerMirroredStrategy).
 
-    Constructing it picks the strategy (MirroredStrategy when several devices are visible).
+    Constructing it picks the strategy (MultiWorkerMirroredStrategy when TF_CONFIG names several workers,
+    MirroredStrategy when several devices are visible); `world_size` counts the replicas of every worker.
     """
 
     name = "tf"
     world_unit = "replicas"
-    rank = 0
 
     def __init__(self) -> None:
-        self.strategy = _strategy()
+        resolver = _cluster()
+        self.strategy = _strategy(resolver)
         self.world_size = self.strategy.num_replicas_in_sync
+        self.rank = _rank(resolver) if resolver is not None else 0
+        self.collective = resolver is not None  # every worker evaluates and saves; rank 0 alone writes
 
     def build(self, tc: TrainConfig, *, config: GPT2Config | None, weights: str | Path | None,
               optimizer_state: Path | None) -> None:
+        if tc.shard_params:
+            raise ValueError(SHARD_PARAMS_UNSUPPORTED)
         keras.utils.set_random_seed(tc.seed)  # dropout (its masks differ from torch's: equal curves need dropout 0)
         with self.strategy.scope():
             if weights is None:
@@ -198,8 +268,22 @@ class TFTrainer:
                 with np.load(optimizer_state / OPTIMIZER_NAME, allow_pickle=False) as state:
                     optimizer.load_state(dict(state))
         self.model, self.optimizer = model, optimizer
+        if self.collective:
+            self._check_same_start()
         self.train_step = make_train_step(model, optimizer, self.strategy, tc)
         self.eval_step = make_eval_step(model)
+
+    def _check_same_start(self) -> None:
+        """Every worker must start from the same step (with --resume, each reads its own --output-dir): gather the
+        workers' optimizer steps and refuse a mismatch rather than run out of step and wait forever."""
+        per_replica = self.strategy.run(lambda: tf.constant([self.optimizer.step], tf.int64))
+        steps = self.strategy.gather(per_replica, axis=0).numpy().tolist()
+        if len(set(steps)) > 1:
+            raise ValueError(
+                f"The workers start from different steps. Received: optimizer steps {steps} (one per replica, in "
+                f"replica order; this is rank {self.rank}). With --resume every worker must see the same checkpoint: "
+                "use a shared --output-dir or copy rank 0's last checkpoint-STEP/ into each worker's --output-dir."
+            )
 
     def num_parameters(self) -> int:
         return self.model.num_parameters()
@@ -218,7 +302,9 @@ class TFTrainer:
         losses = [float(self.eval_step(tf.constant(b))) for b in batches]
         return float(np.mean(losses)) if losses else float("nan")
 
-    def save(self, directory: Path, *, optimizer: bool) -> None:
+    def save(self, directory: Path | None, *, optimizer: bool) -> None:
+        if directory is None:  # a non-chief worker: its mirrored copies equal the chief's, which writes them
+            return
         self.model.save_pretrained(directory)
         if optimizer:
             with atomic_path(directory / OPTIMIZER_NAME) as tmp, open(tmp, "wb") as f:
