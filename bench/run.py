@@ -120,7 +120,8 @@ def _torch_sync(device) -> None:
         torch.cuda.synchronize()
 
 
-def gpt2_torch(spec: Spec, dtype: str = "float32") -> dict[str, Callable[[], None]]:
+def gpt2_torch(spec: Spec, dtype: str = "float32", attn: str = "sdpa", compiled: bool = False,
+               quantize: str | None = None) -> dict[str, Callable[[], None]]:
     import torch
 
     from gpt2_core import GPT2Config
@@ -129,12 +130,37 @@ def gpt2_torch(spec: Spec, dtype: str = "float32") -> dict[str, Callable[[], Non
     torch.backends.cuda.matmul.allow_tf32 = False
     device = _torch_device(spec)
     model = GPT2LMHeadModel.from_config(GPT2Config(**spec.config), seed=0).eval()
+    model.set_attn_implementation(attn)
     model = model.to(device=device, dtype=getattr(torch, dtype))
-    return _torch_calls(spec, model, device, eos_token_id=[])
+    if quantize:
+        from gpt2_torch.quantize import quantize_model
+
+        model = quantize_model(model, quantize)
+    kwargs: dict[str, Any] = {"eos_token_id": []}
+    if compiled:  # transformers' switch; _compile_all_devices: compile on the CPU too
+        kwargs.update(cache_implementation="static", compile_config={"_compile_all_devices": True})
+    calls = _torch_calls(spec, model, device, beams=not compiled, **kwargs)
+    if compiled:
+        del calls["forward_1x1024"]  # the same uncompiled forward as gpt2_torch
+    return calls
 
 
 def gpt2_torch_bf16(spec: Spec) -> dict[str, Callable[[], None]]:
     return gpt2_torch(spec, "bfloat16")
+
+
+def gpt2_torch_eager(spec: Spec) -> dict[str, Callable[[], None]]:
+    return gpt2_torch(spec, attn="eager")
+
+
+def gpt2_torch_compile(spec: Spec) -> dict[str, Callable[[], None]]:
+    return gpt2_torch(spec, compiled=True)
+
+
+def gpt2_torch_int8(spec: Spec) -> dict[str, Callable[[], None]]:
+    if spec.device != "cpu":
+        raise RuntimeError("gpt2_torch int8 runs on torch's CPU int8 kernels only")
+    return gpt2_torch(spec, quantize="int8")
 
 
 def _setup_tf(spec: Spec):
@@ -381,7 +407,10 @@ def ctranslate2_int8(spec: Spec) -> dict[str, Callable[[], None]]:
 # name -> (builder, label in the table, environment for its subprocess)
 CONTENDERS: dict[str, tuple[Callable[[Spec], dict], str, dict]] = {
     "gpt2_torch": (gpt2_torch, "gpt2_torch fp32", {}),
+    "gpt2_torch_eager": (gpt2_torch_eager, "gpt2_torch fp32 eager attention", {}),
+    "gpt2_torch_compile": (gpt2_torch_compile, "gpt2_torch fp32, static cache + torch.compile", {}),
     "gpt2_torch_bf16": (gpt2_torch_bf16, "gpt2_torch bf16", {}),
+    "gpt2_torch_int8": (gpt2_torch_int8, "gpt2_torch int8 weight-only", {}),
     "gpt2_tf": (gpt2_tf, "gpt2_tf fp32 (XLA)", {"KERAS_BACKEND": "tensorflow"}),
     "gpt2_flax": (gpt2_flax, "gpt2_flax fp32 (jit)", {}),
     "transformers_eager": (transformers_eager, "transformers fp32 eager", {}),

@@ -18,7 +18,9 @@ the host, so they read every step (as transformers does). Sampling draws with `t
 global RNG, exactly as transformers does (same seed, same weights: same tokens), unless `seed=` or `generator=`
 is given. Beam search is transformers v5's vectorized `_beam_search`, step for step; the cache is reordered by
 beam into new buffers (`KVCache.reorder`: the buffers are written in place). Dropout is off for the call without
-changing the model's train/eval mode.
+changing the model's train/eval mode. With `cache_implementation="static"` the per-token step is `torch.compile`d
+under transformers v5's rule (CUDA / XPU, or a `compile_config` with `_compile_all_devices`; `disable_compile`):
+`_decode_step_function`.
 """
 
 from __future__ import annotations
@@ -95,6 +97,7 @@ def generate(
     if input_ids.dim() == 1:
         input_ids = input_ids[None]
     B, T = input_ids.shape
+    step = _decode_step_function(model, generation_config, kwargs)
     custom = list(logits_processor or ())
     criteria = list(stopping_criteria or ())
     settings = resolve_generation(
@@ -147,10 +150,10 @@ def generate(
     processors = _Processors(settings, values, custom)
     with torch.inference_mode():
         if settings.is_beam:
-            out = _beam_search(model, ids, mask, settings, processors, criteria, generator)
+            out = _beam_search(model, ids, mask, settings, processors, criteria, generator, step)
         else:
             matcher = StopStringMatcher(tokenizer, settings.stop_strings) if settings.stop_strings else None
-            out = _sample(model, ids, mask, settings, processors, criteria, generator, streamer, matcher)
+            out = _sample(model, ids, mask, settings, processors, criteria, generator, streamer, matcher, step)
     if streamer is not None:
         streamer.end()
     # Outside inference mode, so the results are ordinary tensors (usable later in autograd, e.g. as labels).
@@ -175,6 +178,83 @@ class _Processors:
         return apply_processors(scores, input_ids, self.settings, self.values, self.custom)
 
 
+# transformers' `CompileConfig` defaults (generation/configuration_utils.py)
+COMPILE_DEFAULTS = {"fullgraph": False, "dynamic": None, "backend": "inductor", "mode": "reduce-overhead",
+                    "options": None}
+_COMPILE_KEYS = ("cache_implementation", "compile_config", "disable_compile")
+
+
+def _compile_setting(name: str, kwargs: dict, generation_config: GenerationConfig | None, model) -> Any:
+    """A cache / compile key of transformers' GenerationConfig: the call's keyword, then the caller's
+    generation_config, then the model's (these keys live in `GenerationConfig.extra` here)."""
+    if kwargs.get(name) is not None:
+        return kwargs[name]
+    for gc in (generation_config, getattr(model, "generation_config", None)):
+        if gc is not None and gc.extra.get(name) is not None:
+            return gc.extra[name]
+    return None
+
+
+def compile_options(compile_config: Any) -> dict[str, Any]:
+    """`torch.compile` keyword arguments from a transformers `CompileConfig`, a dict of its fields, or None."""
+    if compile_config is None:
+        return dict(COMPILE_DEFAULTS)
+    if isinstance(compile_config, dict):
+        data = dict(compile_config)
+    else:
+        data = {k: getattr(compile_config, k) for k in COMPILE_DEFAULTS if hasattr(compile_config, k)}
+    unknown = sorted(set(data) - set(COMPILE_DEFAULTS) - {"_compile_all_devices"})
+    if unknown:
+        raise ValueError(
+            f"compile_config has fields torch.compile does not take. Received: {unknown}. Use "
+            f"{sorted(COMPILE_DEFAULTS)} (transformers' CompileConfig)."
+        )
+    return {**COMPILE_DEFAULTS, **{k: v for k, v in data.items() if k in COMPILE_DEFAULTS}}
+
+
+def _compile_all_devices(compile_config: Any) -> bool:
+    if isinstance(compile_config, dict):
+        return bool(compile_config.get("_compile_all_devices"))
+    return bool(getattr(compile_config, "_compile_all_devices", False))
+
+
+def _decode_step_function(model, generation_config: GenerationConfig | None, kwargs: dict) -> Callable:
+    """The per-token step: `model._decode_step`, or its `torch.compile`d form under transformers v5's rule
+    (`_valid_auto_compile_criteria`): `cache_implementation="static"`, not `disable_compile`, and a CUDA / XPU
+    device or a `compile_config` with `_compile_all_devices` (on CPU compiling was measured slower at batch 1, see
+    docs/performance.md). Pops the three keys from `kwargs` (they are not decoding fields). The prefill is never
+    compiled (one call per `generate`, and another shape). Compiled functions are kept on the model per option set,
+    so later calls reuse them."""
+    values = {name: _compile_setting(name, kwargs, generation_config, model) for name in _COMPILE_KEYS}
+    for name in _COMPILE_KEYS:
+        kwargs.pop(name, None)
+    cache_implementation, compile_config, disable_compile = (values[n] for n in _COMPILE_KEYS)
+    if cache_implementation not in (None, "static", "dynamic"):
+        raise ValueError(
+            f"Unsupported cache_implementation. Received: cache_implementation={cache_implementation!r}. Use "
+            "'static' (preallocated, compilable: what every call here uses) or None."
+        )
+    options = compile_options(compile_config)
+    device = model.device
+    valid_hardware = device.type in ("cuda", "xpu") or _compile_all_devices(compile_config)
+    if disable_compile or cache_implementation != "static" or not valid_hardware:
+        if compile_config is not None and not disable_compile:
+            logger.warning(
+                "compile_config is set but the decode step is not compiled: it needs cache_implementation='static' "
+                "and a CUDA/XPU device (or compile_config._compile_all_devices=True). Received: "
+                "cache_implementation=%r, device=%s.", cache_implementation, device,
+            )
+        return model._decode_step
+    if getattr(model, "quantization_config", None) is not None:
+        logger.warning("A quantized model's decode step is not compiled (its int8 kernels are opaque to inductor).")
+        return model._decode_step
+    key = tuple(sorted((k, repr(v)) for k, v in options.items()))
+    compiled = model.__dict__.setdefault("_compiled_decode_steps", {})
+    if key not in compiled:
+        compiled[key] = torch.compile(model._decode_step, **options)
+    return compiled[key]
+
+
 def _prefill(model, ids: torch.Tensor, mask: np.ndarray, settings: GenerationSettings):
     """The plan, the padded prompt through a fresh cache: logits of the last position (B, V), cache, buffer mask."""
     B, T = ids.shape
@@ -184,6 +264,9 @@ def _prefill(model, ids: torch.Tensor, mask: np.ndarray, settings: GenerationSet
     padded = torch.from_numpy(padded).to(device=device, dtype=torch.long)
     buffer_mask = torch.from_numpy(buffer_mask).to(device=device, dtype=torch.long)
     cache = KVCache.init(model.config, B, plan.cache_length, dtype=model.dtype, device=device)
+    if device.type != "cpu":
+        for t in (*cache.key, *cache.value):  # the same addresses every step (CUDA graphs of a compiled step)
+            torch._dynamo.mark_static_address(t)
     logits, cache = model._decode_step(padded, cache, buffer_mask)
     return logits, cache, buffer_mask
 
@@ -199,7 +282,7 @@ def _criteria_hits(criteria: Sequence[StoppingCriterion], seqs: torch.Tensor, sc
 def _sample(
     model, ids: torch.Tensor, mask: np.ndarray, settings: GenerationSettings, processors: _Processors,
     criteria: Sequence[StoppingCriterion], generator: torch.Generator | None, streamer: Any,
-    matcher: StopStringMatcher | None,
+    matcher: StopStringMatcher | None, step_fn: Callable,
 ) -> GenerateDecoderOnlyOutput:
     """Greedy decoding or sampling (transformers' `_sample`); `sequences` holds the generated columns (B, steps)."""
     B, T = ids.shape
@@ -255,7 +338,7 @@ def _sample(
             break
         if check_stop and (on_host or step % STOP_CHECK_EVERY == STOP_CHECK_EVERY - 1) and bool(all_done[-1]):
             break
-        logits, cache = model._decode_step(nxt[:, None], cache, buffer_mask)
+        logits, cache = step_fn(nxt[:, None], cache, buffer_mask)
     if check_stop:
         # gpt2_core.generation's trimming: up to the first step after which every row had finished
         finished_at = torch.stack(all_done).nonzero()
@@ -277,7 +360,7 @@ def _gather_beams(tensor: torch.Tensor, beam_indices: torch.Tensor) -> torch.Ten
 
 def _beam_search(
     model, ids: torch.Tensor, mask: np.ndarray, settings: GenerationSettings, processors: _Processors,
-    criteria: Sequence[StoppingCriterion], generator: torch.Generator | None,
+    criteria: Sequence[StoppingCriterion], generator: torch.Generator | None, step_fn: Callable,
 ) -> GenerateBeamDecoderOnlyOutput:
     """transformers v5's vectorized beam search (`GenerationMixin._beam_search`, with its helpers inlined in the
     same order): beam search, or beam sampling with `do_sample`. `ids` (B * num_beams, T) is the expanded prompt."""
@@ -394,7 +477,7 @@ def _beam_search(
         if not bool(improvement_possible & exists_open_beam & valid_continuations):
             break
         cache = cache.reorder(beam_idx)
-        logits, cache = model._decode_step(running_sequences[:, :, cur_len - 1].reshape(BK, 1), cache, buffer_mask)
+        logits, cache = step_fn(running_sequences[:, :, cur_len - 1].reshape(BK, 1), cache, buffer_mask)
 
     nrs = s.num_return_sequences
     sequences = sequences[:, :nrs].reshape(B * nrs, max_length)

@@ -6,7 +6,9 @@ formulas, attention scale, mask fill, position ids of padded batches, losses) fo
 Attention has one path: with a past or `use_cache`, every layer writes its keys and values into a preallocated
 `gpt2_torch.cache.KVCache` and attends over the whole buffer (future slots hidden by the causal mask). transformers'
 `past_key_values` tuple converts at the edge (`KVCache.from_legacy` in, `to_legacy` out); a `KVCache` passed in is
-returned advanced. Input checks are `gpt2_core.checks` (every cache layer included).
+returned advanced. Input checks are `gpt2_core.checks` (every cache layer included). The scores are computed by
+`F.scaled_dot_product_attention` (`attn_implementation="sdpa"`, the default, as in transformers v5) or by the eager
+reference path (`"eager"`; always for `output_attentions` or a `head_mask`): see `attention_implementation`.
 
 Shapes: B batch, T query length, S key length (the cache buffer, S_max, or T without a cache), N heads, H head dim,
 C n_embd, V vocab.
@@ -132,7 +134,12 @@ class GPT2Attention(nn.Module):
         encoder_hidden_states: torch.Tensor | None = None,
         deterministic: bool = False,
         head_mask: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None, torch.Tensor]:
+        implementation: str = "eager",
+        attn_bias: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None, torch.Tensor | None]:
+        """`implementation="eager"` (the reference path: `causal`, `key_ok`, `head_mask`, returns the probabilities)
+        or `"sdpa"` (`F.scaled_dot_product_attention` with the additive `attn_bias` of `_sdpa_bias`, `None`: causal
+        self-attention without cache or padding, or unmasked cross-attention; returns no probabilities)."""
         B, T, C = x.shape
         if self.is_cross_attention:
             q = self.q_attn(x)
@@ -145,6 +152,11 @@ class GPT2Attention(nn.Module):
             # The whole preallocated buffer: slots past length + T are hidden by the causal mask.
             k, v = cache.update(self.layer_idx, k, v)  # (B, N, S_max, H)
             present = (k, v)
+        if implementation == "sdpa":
+            y = self._sdpa(q, k, v, attn_bias, deterministic)  # (B, N, T, H)
+            y = y.transpose(1, 2).reshape(B, T, C)
+            y = _dropout(self.resid_dropout, self.c_proj(y), deterministic)
+            return y, present, None
         if self.reorder_and_upcast_attn:
             # Mistral: scale q before the product and keep scores and softmax in float32 (fp16/bf16 stability).
             att = torch.matmul(q.float() * self.scale, k.float().transpose(-1, -2))  # (B, N, T, S)
@@ -155,7 +167,8 @@ class GPT2Attention(nn.Module):
             att = att.masked_fill(~key_ok, torch.finfo(att.dtype).min / 2)
         if causal is not None:
             att = att.masked_fill(~causal, torch.finfo(att.dtype).min)
-        att = F.softmax(att, dim=-1).to(v.dtype)
+        # softmax in float32 whatever the dtype (bf16 / fp16 scores keep their order, their sum is exact enough)
+        att = F.softmax(att, dim=-1, dtype=torch.float32).to(v.dtype)
         att = _dropout(self.attn_dropout, att, deterministic)
         if head_mask is not None:
             att = att * head_mask  # (1, N, 1, 1): transformers 4.x scales the probabilities after dropout
@@ -163,6 +176,26 @@ class GPT2Attention(nn.Module):
         y = y.transpose(1, 2).reshape(B, T, C)
         y = _dropout(self.resid_dropout, self.c_proj(y), deterministic)
         return y, present, att
+
+    def _sdpa(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_bias: torch.Tensor | None, deterministic: bool
+    ) -> torch.Tensor:
+        """The fused kernel on (B, N, T, H) queries and (B, N, S, H) keys and values.
+
+        The bias holds 0, `finfo.min / 2` (padding) and `finfo.min` (future): added to scores of ordinary size it
+        gives exactly the reference's replaced scores (the large fills absorb them), so a query that sees only padding
+        attends uniformly to it, as in eager. `reorder_and_upcast_attn` runs the kernel in float32 (transformers'
+        sdpa ignores the flag; eager and this path honour it)."""
+        dtype = v.dtype
+        if self.reorder_and_upcast_attn:
+            q, k, v = q.float(), k.float(), v.float()
+        dropout_p = self.attn_dropout.p if self.attn_dropout.training and not deterministic else 0.0
+        is_causal = attn_bias is None and not self.is_cross_attention
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=None if attn_bias is None else attn_bias.to(q.dtype), dropout_p=dropout_p,
+            is_causal=is_causal, scale=self.scale,
+        )
+        return y.to(dtype)
 
 
 class GPT2MLP(nn.Module):
@@ -211,9 +244,13 @@ class GPT2Block(nn.Module):
         encoder_key_ok: torch.Tensor | None = None,
         deterministic: bool = False,
         head_mask: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, Any, torch.Tensor, torch.Tensor | None]:
+        implementation: str = "eager",
+        attn_bias: torch.Tensor | None = None,
+        encoder_attn_bias: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, Any, torch.Tensor | None, torch.Tensor | None]:
         y, present, att = self.attn(
-            self.ln_1(x), cache, causal, key_ok, deterministic=deterministic, head_mask=head_mask
+            self.ln_1(x), cache, causal, key_ok, deterministic=deterministic, head_mask=head_mask,
+            implementation=implementation, attn_bias=attn_bias,
         )
         x = x + y
         cross_att = None
@@ -221,7 +258,8 @@ class GPT2Block(nn.Module):
             if not hasattr(self, "crossattention"):
                 raise checks.no_cross_attention_error()
             y, _, cross_att = self.crossattention(
-                self.ln_cross_attn(x), None, None, encoder_key_ok, encoder_hidden_states, deterministic, head_mask
+                self.ln_cross_attn(x), None, None, encoder_key_ok, encoder_hidden_states, deterministic, head_mask,
+                implementation, encoder_attn_bias,
             )
             x = x + y
         x = x + self.mlp(self.ln_2(x), deterministic)
@@ -293,6 +331,7 @@ class GPT2PreTrainedModel(nn.Module):
         dtype: torch.dtype | str | None = None,
         torch_dtype: torch.dtype | str | None = None,
         device: str | torch.device | None = None,
+        quantize: str | None = None,
         **hub_kwargs: Any,
     ) -> "GPT2PreTrainedModel":
         """Load `config.json` + weights (`model.safetensors`, sharded or not, `pytorch_model.bin`, or a transformers
@@ -305,11 +344,21 @@ class GPT2PreTrainedModel(nn.Module):
             dtype: Parameter dtype (`torch.float16`, `"bfloat16"`, ...); float32 by default.
             torch_dtype: Old name of `dtype`.
             device: Where to put the model.
+            device_map: transformers' placement across devices (`gpt2_torch.distributed.place`): `"auto"`,
+                `"balanced"`, `"balanced_low_0"`, `"sequential"`, `"cpu"`, or {module prefix: device}.
+            quantize: `"int8"`: weight-only int8 with per-output-channel scales after loading
+                (`gpt2_torch.quantize.quantize_int8`; CPU inference), or None.
             **hub_kwargs: `gpt2_core.hub.HUB_KWARGS` (`revision`, `cache_dir`, `token`, `local_files_only`,
                 `force_download`, `subfolder`), for config.json and the weights alike.
         """
-        from weights_convert.pretrained import load_pretrained
+        from weights_convert.pretrained import load_pretrained, parse_device_map
 
+        device_map = parse_device_map(hub_kwargs.pop("device_map", None))  # placed below (gpt2_torch.distributed)
+        if device_map is not None and device is not None:
+            raise ValueError(
+                f"device and device_map both choose where the model goes. Received: device={device!r}, "
+                f"device_map={device_map!r}. Pass one of them."
+            )
         loaded = load_pretrained(
             pretrained_model_name_or_path,
             cls.head,
@@ -332,6 +381,16 @@ class GPT2PreTrainedModel(nn.Module):
             model = model.to(dtype)
         if device is not None:
             model = model.to(device)
+        if device_map is not None:
+            from gpt2_torch.distributed import place
+
+            model = place(model, device_map)
+        if loaded.attn_implementation is not None:
+            model.set_attn_implementation(loaded.attn_implementation)
+        if quantize is not None:
+            from gpt2_torch.quantize import quantize_model
+
+            quantize_model(model, quantize)
         model.eval()
         if loaded.output_loading_info:
             return model, loaded.loading_info  # transformers' contract for output_loading_info=True
@@ -346,10 +405,34 @@ class GPT2PreTrainedModel(nn.Module):
 
         if not safe_serialization:
             raise ValueError("Only safetensors is written. Received: safe_serialization=False. Use gpt2-convert --to pytorch.")
+        if getattr(self, "quantization_config", None) is not None:
+            raise ValueError(
+                f"A quantized model is not saved: quantization happens at load time. Received: quantization_config="
+                f"{self.quantization_config}. Save the float model and load it with from_pretrained(..., quantize='int8')."
+            )
         save_pretrained(
             save_directory, self.config, self.canonical_state_dict(), self.head, max_shard_size=max_shard_size,
             generation_config=self.generation_config,
         )
+
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> Any:
+        """Upload `save_pretrained`'s files to the Hub repo `repo_id` (created if missing), transformers'
+        `push_to_hub`: `commit_message`, `commit_description`, `private`, `token`, `revision`, `create_pr`,
+        `max_shard_size` (`weights_convert.push.push_to_hub`). Returns huggingface_hub's `CommitInfo`."""
+        from weights_convert.push import push_to_hub
+
+        return push_to_hub(self, repo_id, **kwargs)
+
+    def set_attn_implementation(self, attn_implementation: str) -> None:
+        """Choose the attention path, transformers v5's `set_attn_implementation`: `"sdpa"` (fused
+        `F.scaled_dot_product_attention`, the default) or `"eager"` (the reference path). Recorded as
+        `config._attn_implementation`, which is not written to config.json."""
+        if attn_implementation not in ATTN_IMPLEMENTATIONS:
+            raise ValueError(
+                f"Unsupported attention implementation. Received: attn_implementation={attn_implementation!r}. Use "
+                f"one of {ATTN_IMPLEMENTATIONS}."
+            )
+        self.config._attn_implementation = attn_implementation
 
     def tie_weights(self) -> None:
         """Share the token embedding with the LM head when `tie_word_embeddings` (models with an LM head)."""
@@ -628,6 +711,8 @@ class GPT2Model(GPT2PreTrainedModel):
             cache = KVCache.init(config, B, T, dtype=inputs_embeds.dtype, device=device)
         else:
             cache = None
+        # a fresh cache (or none) starts at 0, known on the host: sdpa's own causal mask then applies
+        fresh = cache is None or (not preallocated and past_key_values is None)
         P = 0 if cache is None else cache.length  # a 0-d tensor with a cache: never read on the host
         S = T if cache is None else cache.max_length
         if position_ids is None:
@@ -652,12 +737,21 @@ class GPT2Model(GPT2PreTrainedModel):
             encoder_key_ok = (encoder_attention_mask != 0)[:, None, None, :]  # (B, 1, 1, S_enc)
 
         head_masks = _layer_head_masks(head_mask, config, x.dtype, device)
+        implementation = attention_implementation(config, output_attentions, head_mask)
+        attn_bias = encoder_attn_bias = None
+        if implementation == "sdpa":
+            bias_dtype = torch.float32 if config.reorder_and_upcast_attn else x.dtype
+            if not (fresh and key_ok is None):
+                attn_bias = _sdpa_bias(causal, key_ok, bias_dtype)  # (B or 1, 1, T, S)
+            if encoder_key_ok is not None:
+                encoder_attn_bias = _sdpa_bias(None, encoder_key_ok, bias_dtype)  # (B, 1, 1, S_enc)
         presents = []
         all_hidden = [x] if output_hidden_states else None
         all_att = [] if output_attentions else None
         all_cross = [] if (output_attentions and encoder_hidden_states is not None) else None
         for i, block in enumerate(self.h):
-            args = (x, cache, causal, key_ok, encoder_hidden_states, encoder_key_ok, deterministic, head_masks[i])
+            args = (x, cache, causal, key_ok, encoder_hidden_states, encoder_key_ok, deterministic, head_masks[i],
+                    implementation, attn_bias, encoder_attn_bias)
             if checkpointing and cache is None and i % self._checkpoint_every == 0:
                 func = self._gradient_checkpointing_func or functools.partial(_checkpoint, use_reentrant=False)
                 x, present, att, cross_att = func(block.__call__, *args)
@@ -695,6 +789,43 @@ class GPT2Model(GPT2PreTrainedModel):
             cross_attentions=tuple(all_cross) if all_cross is not None else None,
         )
         return out if _use_return_dict(config, return_dict) else out.to_tuple()
+
+
+ATTN_IMPLEMENTATIONS = ("eager", "sdpa")
+# transformers v5's default where `F.scaled_dot_product_attention` exists (every supported torch)
+DEFAULT_ATTN_IMPLEMENTATION = "sdpa"
+
+
+def attention_implementation(
+    config: GPT2Config, output_attentions: bool = False, head_mask: torch.Tensor | None = None
+) -> str:
+    """The attention path of a forward: `config._attn_implementation` (set by `from_pretrained(...,
+    attn_implementation=)` and `set_attn_implementation`; else a config.json / `GPT2Config(attn_implementation=)`
+    key; else "sdpa", transformers v5's default). `output_attentions` or a `head_mask` need the probabilities and
+    run eager, as transformers 4.x's sdpa fell back."""
+    value = getattr(config, "_attn_implementation", None)
+    if value is None:
+        value = config.extra.get("attn_implementation") or DEFAULT_ATTN_IMPLEMENTATION
+    if value not in ATTN_IMPLEMENTATIONS:
+        raise ValueError(
+            f"Unsupported attention implementation. Received: attn_implementation={value!r}. Use one of "
+            f"{ATTN_IMPLEMENTATIONS}."
+        )
+    if output_attentions or head_mask is not None:
+        return "eager"
+    return value
+
+
+def _sdpa_bias(causal: torch.Tensor | None, key_ok: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    """The additive mask of the sdpa path: gpt2_core.reference's fills (padding `finfo.min / 2`, future
+    `finfo.min`, future winning) as 0 / fill values, (B or 1, 1, T, S)."""
+    fill = torch.finfo(dtype).min
+    bias = torch.zeros((), dtype=dtype, device=(causal if causal is not None else key_ok).device)
+    if key_ok is not None:
+        bias = torch.where(key_ok, bias, torch.tensor(fill / 2, dtype=dtype, device=bias.device))  # (B, 1, 1, S)
+    if causal is not None:
+        bias = torch.where(causal, bias, torch.tensor(fill, dtype=dtype, device=bias.device))  # (B or 1, 1, T, S)
+    return bias if bias.dim() == 4 else bias[None, None]
 
 
 def _check_forward_inputs(
