@@ -347,6 +347,36 @@ class _GPT2TokenizerBase:
             vocab = io.write_vocab_files(staging, self.encoder, self.merges, prefix)
         return io.published((*written, *vocab), save_directory)
 
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        commit_message: str | None = None,
+        commit_description: str | None = None,
+        private: bool | None = None,
+        token: bool | str | None = None,
+        revision: str | None = None,
+        create_pr: bool = False,
+    ) -> Any:
+        """Upload the tokenizer's `save_pretrained` files to the Hub repo `repo_id` (created if missing), as
+        transformers' `push_to_hub`; the arguments are its (see `gpt2_core.tokenization_io.push_to_hub`). Unlike
+        transformers, no model card (README.md) is written or tagged.
+
+        Returns:
+            huggingface_hub's `CommitInfo`.
+        """
+        return io.push_to_hub(
+            self.save_pretrained,
+            repo_id,
+            default_message="Upload tokenizer",
+            commit_message=commit_message,
+            commit_description=commit_description,
+            private=private,
+            token=token,
+            revision=revision,
+            create_pr=create_pr,
+        )
+
     # ------------------------------------------------------------------ vocabulary and special tokens
 
     @property
@@ -765,7 +795,8 @@ class _GPT2TokenizerBase:
         Args:
             text: A string, a list of strings, or a list of `(text, text_pair)` pairs.
             text_pair: A second string (or a list, one per text): appended to the first, `token_type_ids` 1.
-            text_target, text_pair_target: Not supported (GPT-2 has no separate target tokenizer); must be None.
+            text_target, text_pair_target: Targets (and their pairs), encoded with the same settings: alone they
+                are the result; with `text`, their `input_ids` are added as `labels` (transformers' rule).
             add_special_tokens: Prepend `bos_token` to each sequence when `add_bos_token` is set.
             padding: `False`/`"do_not_pad"`; `True`/`"longest"` pads to the longest in the batch; `"max_length"`
                 pads to `max_length` (default `model_max_length`). Needs a pad token: GPT-2 has none, so set
@@ -788,7 +819,8 @@ class _GPT2TokenizerBase:
             return_attention_mask: Include `attention_mask` (default `True`).
             return_overflowing_tokens: Return the tokens cut by truncation as extra rows: windows of `max_length`
                 that overlap by `stride`, with `overflow_to_sample_mapping` giving each row's text (as transformers'
-                fast tokenizers). Single texts only, not pairs.
+                fast tokenizers). For a pair, each window of one text is combined with each of the other, in
+                `tokenizers`' order.
             return_special_tokens_mask: Include `special_tokens_mask`: 1 where `add_special_tokens` put a token.
             return_offsets_mapping: Include `offset_mapping`: each token's `(start, end)` character span in its
                 text (`(0, 0)` for added template tokens and padding), equal to transformers' fast tokenizer.
@@ -801,10 +833,25 @@ class _GPT2TokenizerBase:
         """
         _no_unknown_kwargs(kwargs, "__call__")
         if text_target is not None or text_pair_target is not None:
-            raise ValueError(
-                "text_target / text_pair_target are not supported: GPT-2 has one tokenizer for inputs and labels. "
-                "Received: text_target is not None. Tokenize the targets with a second call."
-            )
+            # transformers' rule: the targets are encoded with the same settings; alone they are the result,
+            # beside `text` their input_ids become `labels` (GPT-2 has no separate target tokenizer).
+            if text_target is None:
+                raise ValueError(
+                    "text_pair_target needs text_target. Received: text_target=None, text_pair_target="
+                    f"{_short_repr(text_pair_target)}. Pass the targets as text_target (and their pairs as "
+                    "text_pair_target)."
+                )
+            settings = {
+                name: value
+                for name, value in locals().items()
+                if name not in ("self", "text", "text_pair", "text_target", "text_pair_target", "kwargs")
+            }
+            target = self(text_target, text_pair_target, **settings)
+            if text is None:
+                return target
+            encoding = self(text, text_pair, **settings)
+            encoding["labels"] = target["input_ids"]
+            return encoding
         if is_split_into_words:
             # Each word (a batch is a list of word lists) is encoded on its own, as transformers' fast tokenizers.
             text, text_pair = _words_as_pairs(text, text_pair)
@@ -922,12 +969,6 @@ class _GPT2TokenizerBase:
             if not overflow:
                 spans = spans[:1]
             return [(a_ids[s:e], a_offsets[s:e] if a_offsets is not None else None, None, None) for s, e in spans]
-        if overflow:
-            raise ValueError(
-                "return_overflowing_tokens is not supported for text pairs. Received: text_pair with "
-                f"{total} tokens > max_length={budget}. Encode the texts one by one, or leave out "
-                "return_overflowing_tokens."
-            )
         n1, n2 = len(a_ids), len(b_ids)
         if strategy == "longest_first":
             swap = n1 > n2
@@ -949,8 +990,18 @@ class _GPT2TokenizerBase:
                 f"truncation={strategy!r}, lengths ({len(a_ids)}, {len(b_ids)}), max_length={budget} without special "
                 "tokens. Use truncation='longest_first'."
             )
-        a_span = _windows(len(a_ids), n1, 0, self.truncation_side)[0] if n1 < len(a_ids) else (0, len(a_ids))
-        b_span = _windows(len(b_ids), n2, 0, self.truncation_side)[0] if n2 < len(b_ids) else (0, len(b_ids))
+        step = stride if overflow else 0
+        a_spans = _windows(len(a_ids), n1, step, self.truncation_side) if n1 < len(a_ids) else [(0, len(a_ids))]
+        b_spans = _windows(len(b_ids), n2, step, self.truncation_side) if n2 < len(b_ids) else [(0, len(b_ids))]
+        if not overflow:
+            pairs = [(a_spans[0], b_spans[0])]
+        else:
+            # `tokenizers`' Encoding.merge_with order: the first windows together, each later window of the text
+            # with the pair's first and then its later windows, last the text's first window with the pair's later.
+            pairs = [(a_spans[0], b_spans[0])]
+            for a_span in a_spans[1:]:
+                pairs += [(a_span, b_span) for b_span in b_spans]
+            pairs += [(a_spans[0], b_span) for b_span in b_spans[1:]]
         return [
             (
                 a_ids[slice(*a_span)],
@@ -958,6 +1009,7 @@ class _GPT2TokenizerBase:
                 b_ids[slice(*b_span)],
                 b_offsets[slice(*b_span)] if b_offsets is not None else None,
             )
+            for a_span, b_span in pairs
         ]
 
     def _row(

@@ -24,7 +24,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 logger = logging.getLogger("gpt2_core.tokenization")
 
@@ -560,3 +560,69 @@ def write_pretrained(
         _atomic_write_text(directory / ADDED_TOKENS_FILE, _dumps(dict(added_vocab)))
         written.append(str(directory / ADDED_TOKENS_FILE))
     return written
+
+
+# ---------------------------------------------------------------------- push_to_hub
+
+
+def push_to_hub(
+    save: Callable[[Path], Any],
+    repo_id: str,
+    *,
+    default_message: str,
+    commit_message: str | None = None,
+    commit_description: str | None = None,
+    private: bool | None = None,
+    token: bool | str | None = None,
+    revision: str | None = None,
+    create_pr: bool = False,
+) -> Any:
+    """Upload what `save(directory)` writes to the Hub repo `repo_id`, as transformers' `push_to_hub`: the repo is
+    created if missing (`HfApi.create_repo(exist_ok=True)`; `private` applies only then), the branch `revision` too
+    (`HfApi.create_branch(exist_ok=True)`), then the saved folder is committed in one `HfApi.upload_folder`.
+
+    The one upload of the project: tokenizers call it from `save_pretrained`'s output, the three backends' models
+    through `weights_convert.push`. huggingface_hub is imported here, on use.
+
+    Args:
+        save: Writes the files into the (empty, temporary) directory it is given.
+        repo_id: `"name"` (the token's namespace) or `"org/name"`.
+        default_message: The commit message when `commit_message` is None (transformers': "Upload model",
+            "Upload tokenizer").
+        commit_message, commit_description: The commit's.
+        private: Make a new repo private (None: the namespace's default).
+        token: A Hub token; None or True: the stored login (`hf auth login`), False: none.
+        revision: The branch to commit to (created from the default branch if missing).
+        create_pr: Open a pull request with the files instead of committing to the branch.
+
+    Returns:
+        huggingface_hub's `CommitInfo` of the commit (its `commit_url`, `oid`, `pr_url`).
+    """
+    import tempfile
+
+    if not isinstance(repo_id, str) or not repo_id.strip("/"):
+        raise ValueError(
+            f"repo_id must be a Hub repository name, 'name' or 'org/name'. Received: repo_id={repo_id!r}. "
+            "Pass the repository to create or update."
+        )
+    try:
+        from huggingface_hub import HfApi
+    except ImportError as e:  # pragma: no cover - huggingface_hub is a core dependency
+        raise ImportError("push_to_hub needs huggingface_hub: pip install huggingface_hub") from e
+
+    api = HfApi()
+    repo_id = api.create_repo(repo_id, private=private, token=token, exist_ok=True).repo_id
+    if revision is not None and not revision.startswith("refs/pr"):
+        api.create_branch(repo_id=repo_id, branch=revision, token=token, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="gpt2-push-") as tmp:
+        save(Path(tmp))
+        logger.info("Uploading %s to %s", ", ".join(sorted(os.listdir(tmp))), repo_id)
+        return api.upload_folder(
+            repo_id=repo_id,
+            folder_path=tmp,
+            commit_message=default_message if commit_message is None else commit_message,
+            commit_description=commit_description,
+            token=token,
+            revision=revision,
+            create_pr=create_pr,
+        )

@@ -856,6 +856,51 @@ def test_overflowing_tokens_with_stride_match_transformers(tokenizer_cls, saved_
     assert _plain(ours(texts[0], **call)) == _plain(theirs(texts[0], **call))
 
 
+PAIR_A = "one two three four five six seven eight nine ten"
+PAIR_B = "alpha beta gamma delta epsilon zeta"
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(truncation=True, max_length=8, stride=2),
+        dict(truncation="longest_first", max_length=9, stride=1, padding=True, return_special_tokens_mask=True),
+        dict(truncation="only_first", max_length=12, stride=1, return_offsets_mapping=True, return_length=True),
+        dict(truncation="only_second", max_length=12, stride=1, return_token_type_ids=True),
+        dict(truncation=True, max_length=8, stride=1, add_bos=True, return_offsets_mapping=True),
+        dict(truncation=True, max_length=8, stride=2, truncation_side="left"),
+    ],
+    ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()),
+)
+def test_overflowing_tokens_of_pairs_match_transformers(tokenizer_cls, saved_dirs, kwargs):
+    # Each window of the text with each of the pair, in `tokenizers`' order (Encoding.merge_with).
+    kwargs = dict(kwargs)
+    init = dict(add_bos_token=kwargs.pop("add_bos", False), truncation_side=kwargs.pop("truncation_side", "right"))
+    theirs = _shared(None, saved_dirs[False], **init)
+    ours = _shared(tokenizer_cls, saved_dirs[False], **init)
+    call = dict(return_overflowing_tokens=True, **kwargs)
+    for args in [(PAIR_A, PAIR_B), ([PAIR_A, "x y", "a b c d e f g h"], [PAIR_B, "z", "short"])]:
+        expected = _plain(theirs(*args, **call))
+        n_texts = len(args[0]) if isinstance(args[0], list) else 1
+        assert len(expected["input_ids"]) > n_texts  # windows did overflow
+        assert _plain(ours(*args, **call)) == expected
+
+
+def test_text_target_matches_transformers(tokenizer_cls, saved_dirs):
+    theirs = _shared(None, saved_dirs[False])
+    ours = _shared(tokenizer_cls, saved_dirs[False])
+    for kwargs in [
+        dict(text="Hello there", text_target="General Kenobi"),
+        dict(text=["a b", "Hello there"], text_target=["c", "General Kenobi"], padding=True),
+        dict(text_target=["c", "General Kenobi"]),
+        dict(text="q", text_pair="context", text_target="answer", text_pair_target="more"),
+        dict(text=["Hello there"], text_target=["General Kenobi you are"], truncation=True, max_length=3),
+    ]:
+        assert _plain(ours(**kwargs)) == _plain(theirs(**kwargs)), kwargs
+    with pytest.raises(ValueError, match="text_pair_target needs text_target"):
+        ours("x", text_pair_target="y")
+
+
 @pytest.mark.parametrize("kwargs", [dict(return_length=True), dict(return_special_tokens_mask=True)])
 def test_return_length_and_special_tokens_mask_single(tokenizer_cls, saved_dirs, kwargs):
     for add_bos_token in (False, True):
