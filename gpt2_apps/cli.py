@@ -19,20 +19,33 @@ line on stderr, the traceback with -v).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
-
-import gpt2_core
-from gpt2_apps.backends import BACKENDS, get_backend
-from gpt2_apps.errors import EXIT_FAILURE, EXIT_OK, UsageError, run_command
+# Only the standard library and gpt2_apps.errors at import time: the console scripts import this module before
+# `main` runs, and a Ctrl-C during numpy's / a framework's import must already find `main`'s handling (exit 130,
+# one line). numpy, gpt2_core and the backends are imported inside the functions that use them.
+from gpt2_apps.errors import EXIT_FAILURE, EXIT_OK, UsageError, interruptible, run_command
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MODEL_DIR = Path(gpt2_core.__file__).resolve().parent / "data" / "default-model"
+# = gpt2_apps.backends.BACKENDS (tests/test_faults.py checks they agree), spelled out so that `--help` and the
+# parser need no numpy
+BACKENDS = ("torch", "tf", "flax")
+# located without importing gpt2_core (find_spec of a top-level package does not run it)
+DEFAULT_MODEL_DIR = Path(importlib.util.find_spec("gpt2_core").origin).resolve().parent / "data" / "default-model"
+
+
+def get_backend(name: str):
+    """`gpt2_apps.backends.get_backend`, imported on first use (it imports numpy)."""
+    from gpt2_apps.backends import get_backend as get
+
+    return get(name)
+
+
 # Subcommands with a parser of their own: `gpt2 NAME ARGS` is `MODULE.main(ARGS)`.
 DELEGATED = {
     "convert": "gpt2_apps.cli:convert_main",
@@ -56,7 +69,7 @@ def load_tokenizer(model: str):
     would silently turn the model's ids into the wrong text."""
     from gpt2_core.tokenization import GPT2Tokenizer
 
-    from gpt2_core.hub import looks_like_path
+    from gpt2_core.hub import looks_like_path, resolve_file
 
     path = Path(model)
     if looks_like_path(model) and not path.exists():
@@ -64,6 +77,11 @@ def load_tokenizer(model: str):
             f"No such model directory. Received: --model {model!r}. Check the path, or pass a Hub id such as "
             "'openai-community/gpt2'."
         )
+    if not path.exists():
+        # A Hub id: its config.json first, so a missing repo, an unreachable Hub (said at once, no network
+        # retries: gpt2_core.hub.HubUnreachableError) or a file not in the offline cache is the one error line,
+        # not a tokenizer warning followed by the model's error.
+        resolve_file(model, "config.json")
     tokenizer_files = ("vocab.json", "merges.txt", "tokenizer.json")
     if path.is_dir() and not any((path / name).exists() for name in tokenizer_files):
         logger.info("No tokenizer files in %s; using the shipped GPT-2 vocabulary.", model)
@@ -107,6 +125,8 @@ def model_generation_config(lm: Any, model: str):
 
 def count_new_tokens(ids: np.ndarray, prompt_length: int, eos_token_id: Sequence[int], pad_token_id: int) -> int:
     """Generated tokens over all rows: a row ends at its first eos id (counted); padding after a row ended is not."""
+    import numpy as np
+
     total = 0
     for row in np.asarray(ids)[:, prompt_length:]:
         hits = np.flatnonzero(np.isin(row, list(eos_token_id))) if len(eos_token_id) else []
@@ -134,6 +154,8 @@ def format_stats(*, prompt_tokens: int, new_tokens: int, sequences: int, seconds
 
 def cmd_generate(args: argparse.Namespace) -> int:
     import time
+
+    import numpy as np
 
     from gpt2_core.generation import resolve_generation
     from gpt2_core.streamers import TextStreamer, TokenCounter
@@ -258,6 +280,11 @@ def _resolve(target: str):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """`gpt2 ...`. Ctrl-C at any point, the imports before a command runs included, is one line and exit 130."""
+    return interruptible("gpt2", lambda: _main(argv))
+
+
+def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     i = _command_index(argv)
@@ -278,7 +305,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def convert_main(argv: Sequence[str] | None = None) -> int:
     """`gpt2-convert` (= `gpt2 convert`): `weights_convert.cli`, plus `--verify`, which runs both checkpoints
-    through the installed backends (`gpt2_apps.verify.verify_pair`) after converting: exit 1 if they disagree."""
+    through the installed backends (`gpt2_apps.verify.verify_pair`) after converting: exit 1 if they disagree.
+    Ctrl-C at any point is one line and exit 130."""
+    return interruptible("gpt2-convert", lambda: _convert_main(argv))
+
+
+def _convert_main(argv: Sequence[str] | None) -> int:
     from weights_convert import cli as convert_cli
 
     argv = list(sys.argv[1:] if argv is None else argv)

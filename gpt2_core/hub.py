@@ -11,6 +11,9 @@
   (`RENAME_EXCHANGE`). `atomic_files` stages a set of files (a model's weights + config.json) and publishes them
   together under `directory_lock`, config.json last. A writer that fails for lack of space raises `DiskFullError`
   ("No space left on device writing PATH"), whatever the library that hit it said, and leaves the old output.
+* `hub_unreachable_reason`: a bounded TCP probe of the Hub (or its proxy) before a download, so an unreachable Hub
+  is one clear `HubUnreachableError` at once (files already in the cache still load) instead of huggingface_hub's
+  network retries, about 25 s per file. `HF_HUB_OFFLINE=1` / `local_files_only` skip the probe and the network.
 * `sigterm_raises`: SIGTERM raises `Terminated` (a KeyboardInterrupt) in the main thread, so the temporaries of an
   interrupted write are removed on SIGTERM as on Ctrl-C.
 
@@ -455,6 +458,74 @@ def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().upper() in ("1", "ON", "YES", "TRUE")
 
 
+class HubUnreachableError(FileNotFoundError):
+    """A Hub id whose files are not in the cache while the Hub cannot be reached (no network, a firewall): said at
+    once, instead of huggingface_hub's retries (about 25 s per file). A FileNotFoundError: the name may also be a
+    local path with a typo."""
+
+
+# Seconds to open a TCP connection to the Hub (or the HTTPS proxy) before a download is tried: without it an
+# unreachable Hub costs huggingface_hub's retries, 5 per file with backoff. Overridden by GPT2_HUB_CONNECT_TIMEOUT.
+HUB_CONNECT_TIMEOUT = 3.0
+_REACHABILITY: dict[tuple[str, int], tuple[float, str | None]] = {}
+_REACHABILITY_TTL = 30.0  # seconds a probe's answer is reused
+
+
+def _hub_address() -> tuple[str, int, str]:
+    """(host, port, what) the Hub's HTTPS requests connect to first: the proxy of HTTPS_PROXY when one applies,
+    else the endpoint (HF_ENDPOINT, default https://huggingface.co)."""
+    import urllib.parse
+    import urllib.request
+
+    try:
+        from huggingface_hub import constants
+
+        endpoint = constants.ENDPOINT
+    except ImportError:  # pragma: no cover - huggingface_hub is a core dependency
+        endpoint = "https://huggingface.co"
+    endpoint = os.environ.get("HF_ENDPOINT", endpoint).rstrip("/")
+    url = urllib.parse.urlsplit(endpoint)
+    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+    proxy = urllib.request.getproxies().get(url.scheme or "https")
+    if proxy and not urllib.request.proxy_bypass(host):
+        p = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        if p.hostname:
+            return p.hostname, p.port or 80, f"the proxy {p.hostname}:{p.port or 80}"
+    return host, port, endpoint
+
+
+def hub_unreachable_reason(timeout: float | None = None) -> str | None:
+    """None when a TCP connection to the Hub (or its HTTPS proxy) opens within `timeout` seconds, else why not
+    (name resolution and connection both bounded: the probe runs in a daemon thread). Answers are reused for 30 s."""
+    import socket
+    import time
+
+    if timeout is None:
+        try:
+            timeout = float(os.environ.get("GPT2_HUB_CONNECT_TIMEOUT", HUB_CONNECT_TIMEOUT))
+        except ValueError:
+            timeout = HUB_CONNECT_TIMEOUT
+    host, port, what = _hub_address()
+    cached = _REACHABILITY.get((host, port))
+    if cached is not None and time.monotonic() - cached[0] < _REACHABILITY_TTL:
+        return cached[1]
+    result: list[str | None] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            result.append(None)
+        except OSError as e:
+            result.append(f"cannot connect to {what}: {e.strerror or e}")
+
+    thread = threading.Thread(target=probe, name="gpt2-hub-probe", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    reason = result[0] if result else f"no connection to {what} within {timeout:g} s"
+    _REACHABILITY[(host, port)] = (time.monotonic(), reason)
+    return reason
+
+
 def _cache_dir(cache_dir: str | os.PathLike | None) -> str:
     if cache_dir is not None:
         return str(cache_dir)
@@ -489,6 +560,8 @@ def resolve_file(
 
     Raises:
         FileNotFoundError: a missing file (required), a local path that does not exist, a file not in the cache.
+        HubUnreachableError: (a FileNotFoundError) a Hub file not in the cache while the Hub cannot be reached
+            (`hub_unreachable_reason`, probed before downloading so huggingface_hub's retries are not waited out).
     """
     path = Path(name_or_path).expanduser()
     if subfolder:
@@ -518,6 +591,13 @@ def resolve_file(
         raise ImportError("Loading from the Hub needs huggingface_hub: pip install huggingface_hub") from e
     # Read at call time: huggingface_hub reads HF_HUB_OFFLINE only once, when it is imported.
     offline = bool(local_files_only) or _env_flag("HF_HUB_OFFLINE")
+    unreachable = None if offline else hub_unreachable_reason()
+    if unreachable is not None and force_download:
+        raise HubUnreachableError(
+            f"force_download=True needs the Hugging Face Hub, which is unreachable ({unreachable}). Received: "
+            f"name_or_path={name!r}, filename={filename!r}. Retry with network access, or drop force_download to "
+            "use the cached files."
+        )
     try:
         return Path(
             hf_hub_download(
@@ -527,7 +607,7 @@ def resolve_file(
                 revision=revision,
                 cache_dir=cache_dir,
                 token=token,
-                local_files_only=offline,
+                local_files_only=offline or unreachable is not None,  # unreachable: the cache, without retries
                 force_download=force_download,
             )
         )
@@ -535,6 +615,13 @@ def resolve_file(
         if not required:
             return None
         cache = _cache_dir(cache_dir)
+        if unreachable is not None:
+            raise HubUnreachableError(
+                f"{name!r} is not a local directory, and the Hugging Face Hub is unreachable ({unreachable}); "
+                f"{filename} of it is not in the cache {cache!r}. Received: name_or_path={name!r}. Check the path "
+                "if you meant a local directory; for the Hub, retry with network access (HF_HUB_OFFLINE=1 uses "
+                "only the cache without trying the network)."
+            ) from e
         if offline:
             raise FileNotFoundError(
                 f"{filename} of {name!r} is not in the cache {cache!r} (local_files_only=True or HF_HUB_OFFLINE=1, "

@@ -13,8 +13,11 @@ temporary directory beside it is removed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import signal
 import sys
+import threading
 import traceback
 
 from gpt2_core import hub
@@ -103,7 +106,40 @@ def _convert(args) -> object:
     )
 
 
+@contextlib.contextmanager
+def _recording_sigint(state: dict):
+    """Within the block, a SIGINT sets `state["interrupted"]` before the usual KeyboardInterrupt: a library that
+    turns the interrupt raised inside its import into an error of its own (numpy: "ImportError: PyCapsule_Import
+    could not import module 'datetime'") is still reported as an interrupt. Main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    if previous is signal.SIG_IGN:  # Ctrl-C ignored by whoever started us: keep it so
+        yield
+        return
+
+    def handler(signum, frame):
+        state["interrupted"] = True
+        if callable(previous):
+            previous(signum, frame)  # Python's default (or a caller's) handler: raises KeyboardInterrupt
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
+
+
 def main(argv: list[str] | None = None) -> int:
+    state = {"interrupted": False}
+    with _recording_sigint(state):
+        return _main(argv, state)
+
+
+def _main(argv: list[str] | None, state: dict) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # exits 2 with a usage message on bad arguments
     level = logging.ERROR if args.quiet else logging.DEBUG if args.verbose else logging.INFO
@@ -118,6 +154,26 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("gpt2-convert: interrupted; nothing was written.", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Exception:
+        if not state["interrupted"]:
+            return _failed(args)
+        print("gpt2-convert: interrupted; nothing was written.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if not args.quiet:
+        print(f"Wrote {args.to} checkpoint to {out}", file=sys.stderr)
+    if args.verify:
+        try:
+            return _verify(args.src, str(out))
+        except Exception as e:
+            _error(f"verification could not run: {type(e).__name__}: {e}", args)
+            return EXIT_FAILURE
+    return EXIT_OK
+
+
+def _failed(args) -> int:
+    """The exit status and one line of the exception being handled by `_main`."""
+    try:
+        raise  # the exception `_main` is handling
     except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError) as e:
         _error(str(e), args)
         return EXIT_BAD_INPUT
@@ -130,15 +186,6 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # permissions, a library bug: still one line, not a traceback
         _error(f"{type(e).__name__}: {e}", args)
         return EXIT_FAILURE
-    if not args.quiet:
-        print(f"Wrote {args.to} checkpoint to {out}", file=sys.stderr)
-    if args.verify:
-        try:
-            return _verify(args.src, str(out))
-        except Exception as e:
-            _error(f"verification could not run: {type(e).__name__}: {e}", args)
-            return EXIT_FAILURE
-    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -168,6 +168,26 @@ def _check_attn_implementation(value: Any) -> str | None:
     )
 
 
+# `device_map` strings a backend that places modules across devices accepts (gpt2_torch: transformers' names)
+DEVICE_MAP_PLACEMENTS = ("auto", "balanced", "balanced_low_0", "sequential", "cpu")
+
+
+def parse_device_map(value: Any) -> str | dict[str, Any] | None:
+    """A `device_map=` for a backend that places modules across devices (gpt2_torch.distributed): None, one of
+    `DEVICE_MAP_PLACEMENTS`, or a non-empty dict {module prefix: device} (its keys as strings; the backend checks
+    them against the model and the devices against the machine)."""
+    if value is None:
+        return None
+    if isinstance(value, str) and value in DEVICE_MAP_PLACEMENTS:
+        return value
+    if isinstance(value, Mapping) and value:
+        return {str(k): v for k, v in value.items()}
+    raise ValueError(
+        f"Unknown device_map. Received: device_map={value!r}. Use one of {DEVICE_MAP_PLACEMENTS} or a dict "
+        "{module prefix: device} such as {'transformer.h.0': 'cuda:0', '': 'cuda:1'}."
+    )
+
+
 def _check_device_map(value: Any) -> str | None:
     if isinstance(value, Mapping) and value and all(str(v) == "cpu" for v in value.values()):
         value = "cpu"
@@ -285,59 +305,70 @@ def load_pretrained(
     # a weights file given as the model: config.json and generation_config.json are the ones beside it
     weights_file = Path(name_or_path).expanduser()
     files_of = weights_file.parent if weights_file.is_file() and weights_file.name != "config.json" else name_or_path
-    loaded_config = _as_config(config, files_of, hub_kwargs)
-    if overrides:
-        _check_overrides(overrides, loaded_config, who)
-        source = f"the keyword arguments of {who}"
-        if loaded_config is config:  # never change the caller's object
-            loaded_config = loaded_config.copy()
-        loaded_config.update_fields(overrides, strict=True, source=source)
-    config = loaded_config
-    path = hub.resolve_weights(name_or_path, use_safetensors=use_safetensors, variant=variant, **hub_kwargs)
-    fmt = hub.weight_file_format(path.name, variant) or formats.detect_format(path)
-    try:
-        ckpt = formats.open_checkpoint(
-            path, format=fmt, config=config, head=head, allow_missing_head=True,
-            ignore_mismatched_sizes=bool(ignore_mismatched_sizes),
-        )
-    except ValueError as e:
-        if "wrong shapes" in str(e) and not ignore_mismatched_sizes and overrides:
-            raise ValueError(
-                f"{e} The keyword overrides {sorted(overrides)} changed the config; to load this checkpoint with "
-                "newly initialised head tensors of the new shape, pass ignore_mismatched_sizes=True."
-            ) from e
-        raise
-    with ckpt:
-        canonical = ckpt.to_dict()
-        missing = list(ckpt.missing_head_keys)
-        loading_info = {
-            "missing_keys": list(missing),
-            "unexpected_keys": list(ckpt.unexpected_keys),
-            "mismatched_keys": list(ckpt.mismatched_keys),
-            "error_msgs": [],
-        }
-    if check_finite is not False:
-        bad = formats_base.non_finite(canonical)
-        if bad:
-            message = formats_base.non_finite_message(bad, f"name_or_path={str(name_or_path)!r}, file={path.name}")
-            if check_finite:
-                raise ValueError(message + " Use a checkpoint saved before the values diverged, or retrain.")
-            logger.warning(
-                "%s Loaded anyway, as transformers does; pass check_finite=True to refuse such weights.", message
+    # A local directory is read (config.json, weights, generation_config.json) under its shared lock: a
+    # save_pretrained publishing there meanwhile holds the exclusive one (gpt2_core.hub.atomic_files), so this
+    # reader sees one save's config with that save's weights, never a mix.
+    import contextlib
+
+    local_dir = Path(files_of).expanduser() if isinstance(files_of, (str, os.PathLike)) else None
+    if local_dir is not None and hub_kwargs.get("subfolder"):
+        local_dir = local_dir / hub_kwargs["subfolder"]
+    reading = hub.directory_lock(local_dir, shared=True) if local_dir is not None and local_dir.is_dir() \
+        else contextlib.nullcontext()
+    with reading:
+        loaded_config = _as_config(config, files_of, hub_kwargs)
+        if overrides:
+            _check_overrides(overrides, loaded_config, who)
+            source = f"the keyword arguments of {who}"
+            if loaded_config is config:  # never change the caller's object
+                loaded_config = loaded_config.copy()
+            loaded_config.update_fields(overrides, strict=True, source=source)
+        config = loaded_config
+        path = hub.resolve_weights(name_or_path, use_safetensors=use_safetensors, variant=variant, **hub_kwargs)
+        fmt = hub.weight_file_format(path.name, variant) or formats.detect_format(path)
+        try:
+            ckpt = formats.open_checkpoint(
+                path, format=fmt, config=config, head=head, allow_missing_head=True,
+                ignore_mismatched_sizes=bool(ignore_mismatched_sizes),
             )
-    checkpoint_dtype = _checkpoint_dtype(config, canonical)
-    if missing:
-        logger.warning(
-            "%s: %s not in the checkpoint; newly initialised. Train the model before using it for predictions.",
-            owner or naming.ARCHITECTURES[head],
-            missing,
-        )
-        seed = init_seed() if callable(init_seed) else init_seed
-        if seed is None:
-            seed = int(np.random.default_rng().integers(0, 2**31 - 1))
-        init = reference.init_params(config, head, int(seed))
-        canonical.update({k: init[k] for k in missing})
-    generation_config = GenerationConfig.from_pretrained_or_model_config(files_of, config, **hub_kwargs)
+        except ValueError as e:
+            if "wrong shapes" in str(e) and not ignore_mismatched_sizes and overrides:
+                raise ValueError(
+                    f"{e} The keyword overrides {sorted(overrides)} changed the config; to load this checkpoint with "
+                    "newly initialised head tensors of the new shape, pass ignore_mismatched_sizes=True."
+                ) from e
+            raise
+        with ckpt:
+            canonical = ckpt.to_dict()
+            missing = list(ckpt.missing_head_keys)
+            loading_info = {
+                "missing_keys": list(missing),
+                "unexpected_keys": list(ckpt.unexpected_keys),
+                "mismatched_keys": list(ckpt.mismatched_keys),
+                "error_msgs": [],
+            }
+        if check_finite is not False:
+            bad = formats_base.non_finite(canonical)
+            if bad:
+                message = formats_base.non_finite_message(bad, f"name_or_path={str(name_or_path)!r}, file={path.name}")
+                if check_finite:
+                    raise ValueError(message + " Use a checkpoint saved before the values diverged, or retrain.")
+                logger.warning(
+                    "%s Loaded anyway, as transformers does; pass check_finite=True to refuse such weights.", message
+                )
+        checkpoint_dtype = _checkpoint_dtype(config, canonical)
+        if missing:
+            logger.warning(
+                "%s: %s not in the checkpoint; newly initialised. Train the model before using it for predictions.",
+                owner or naming.ARCHITECTURES[head],
+                missing,
+            )
+            seed = init_seed() if callable(init_seed) else init_seed
+            if seed is None:
+                seed = int(np.random.default_rng().integers(0, 2**31 - 1))
+            init = reference.init_params(config, head, int(seed))
+            canonical.update({k: init[k] for k in missing})
+        generation_config = GenerationConfig.from_pretrained_or_model_config(files_of, config, **hub_kwargs)
     return Pretrained(
         config=config, canonical=canonical, head=head, missing_head_keys=missing, path=path,
         generation_config=generation_config,
