@@ -675,18 +675,22 @@ class GPT2Model(GPT2PreTrainedModel):
             # transformers' rule: a cache built in a recomputed forward would be written twice
             _warn_once("use_cache=True is incompatible with gradient checkpointing. Setting use_cache=False.")
             use_cache = False
+        if input_ids is not None and _check_inputs:
+            checks.check_integer_ids(_np_dtype(input_ids), "input_ids")  # a float id would be truncated
+            if input_ids.dtype not in (torch.int32, torch.int64):
+                input_ids = input_ids.long()  # uint8 / int16 ids: the embedding takes int32 or int64
         # Leading dims beyond batch (the multiple-choice head's choices) fold into the batch, as in transformers.
         lead_shape = None
         if input_ids is not None and input_ids.dim() > 2:
             lead_shape = input_ids.shape[:-1]
-            input_ids = input_ids.reshape(-1, input_ids.shape[-1])
+            input_ids = _fold_leading(input_ids)
         if inputs_embeds is not None and inputs_embeds.dim() > 3:
             lead_shape = inputs_embeds.shape[:-2]
             inputs_embeds = inputs_embeds.reshape(-1, *inputs_embeds.shape[-2:])
         if lead_shape is not None:
-            attention_mask = None if attention_mask is None else attention_mask.reshape(-1, attention_mask.shape[-1])
-            token_type_ids = None if token_type_ids is None else token_type_ids.reshape(-1, token_type_ids.shape[-1])
-            position_ids = None if position_ids is None else position_ids.reshape(-1, position_ids.shape[-1])
+            attention_mask = None if attention_mask is None else _fold_leading(attention_mask)
+            token_type_ids = None if token_type_ids is None else _fold_leading(token_type_ids)
+            position_ids = None if position_ids is None else _fold_leading(position_ids)
         shape = (input_ids if input_ids is not None else inputs_embeds).shape
         B, T = shape[0], shape[1] if len(shape) > 1 else 0  # a 1-d input gets its error from the checks
         preallocated = isinstance(past_key_values, KVCache)
@@ -828,6 +832,11 @@ def _sdpa_bias(causal: torch.Tensor | None, key_ok: torch.Tensor | None, dtype: 
     return bias if bias.dim() == 4 else bias[None, None]
 
 
+def _fold_leading(x: torch.Tensor) -> torch.Tensor:
+    """(..., T) -> (prod(...), T); unlike reshape(-1, T) also for T = 0."""
+    return x.reshape(math.prod(x.shape[:-1]), x.shape[-1])
+
+
 def _check_forward_inputs(
     config: GPT2Config,
     past_key_values: Any,
@@ -859,6 +868,9 @@ def _check_forward_inputs(
         past_length=P,
         cache_max_length=cache_max_length,
     )
+    if token_type_ids is not None:  # they index the token embedding, as input_ids do
+        checks.check_integer_ids(_np_dtype(token_type_ids), "token_type_ids")
+        checks.check_index_range(_min_max(token_type_ids), config.vocab_size, "token_type_ids", "vocab_size")
 
 
 def _use_return_dict(config: GPT2Config, return_dict: bool | None) -> bool:
@@ -1180,11 +1192,20 @@ class GPT2LMHeadModel(GPT2PreTrainedModel):
         return generate(self, input_ids, attention_mask, generation_config, **kwargs)
 
 
+def _check_labels(labels: torch.Tensor, num_classes: int, name: str = "labels") -> None:
+    """gpt2_core.checks.check_labels on the host (torch's own error is `Target -1 is out of bounds`); skipped while
+    torch.compile traces, where no value can be read."""
+    if torch.compiler.is_compiling() or labels.dtype.is_floating_point:
+        return
+    checks.check_labels(labels.detach().cpu().numpy(), num_classes, name, reference.IGNORE_INDEX)
+
+
 def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """gpt2_core.reference.lm_loss: shift inside, ignore -100, mean in float32."""
     labels = labels.to(logits.device)
     shift_logits = logits[..., :-1, :].float()
     shift_labels = labels[..., 1:]
+    _check_labels(shift_labels, shift_logits.shape[-1])
     return F.cross_entropy(
         shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1), ignore_index=reference.IGNORE_INDEX
     )
@@ -1282,6 +1303,7 @@ class GPT2DoubleHeadsModel(GPT2PreTrainedModel):
         mc_logits = self.multiple_choice_head(hidden, mc_token_ids).squeeze(-1)  # (B, choices)
         mc_loss = None
         if mc_labels is not None:
+            _check_labels(mc_labels, mc_logits.shape[-1], "mc_labels")
             mc_loss = F.cross_entropy(mc_logits.reshape(-1, mc_logits.shape[-1]).float(), mc_labels.reshape(-1))
         loss = None
         if labels is not None:
@@ -1359,6 +1381,7 @@ class GPT2ForSequenceClassification(GPT2PreTrainedModel):
                 else:
                     loss = F.mse_loss(pooled.float(), labels.float())
             elif kind == "single_label_classification":
+                _check_labels(labels, self.num_labels)
                 loss = F.cross_entropy(pooled.reshape(-1, self.num_labels).float(), labels.reshape(-1))
             else:
                 loss = F.binary_cross_entropy_with_logits(pooled.float(), labels.float())
@@ -1426,6 +1449,7 @@ class GPT2ForTokenClassification(GPT2PreTrainedModel):
         logits = self.classifier(self.dropout(out.last_hidden_state))  # (B, T, L)
         loss = None
         if labels is not None:
+            _check_labels(labels, self.num_labels)
             loss = F.cross_entropy(
                 logits.reshape(-1, self.num_labels).float(), labels.reshape(-1), ignore_index=reference.IGNORE_INDEX
             )

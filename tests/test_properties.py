@@ -269,29 +269,9 @@ def _labels_out_of_range(inputs, head):
 
 
 KNOWN_GAPS: list = [
-    ("torch", ("lm", "double", "tokcls", "seqcls"), _labels_out_of_range,
-     "gpt2_torch/model.py: labels outside [0, classes) other than -100 reach F.cross_entropy unchecked (raw "
-     "IndexError 'Target -1 is out of bounds'); checks.check_labels is not called"),
-    ("tf", ("lm", "double", "tokcls", "seqcls"), _labels_out_of_range,
-     "gpt2_tf/model.py: labels outside [0, classes) other than -100 reach SparseSoftmaxCrossEntropyWithLogits "
-     "unchecked (raw InvalidArgumentError); checks.check_labels is not called"),
-    ("torch", None, lambda i, h: _ids(i).dtype == np.uint8,
-     "gpt2_torch/model.py: uint8 input_ids reach the embedding unchecked (raw RuntimeError 'Expected tensor for "
-     "argument #1 indices to have ... Long, Int'): refuse them (checks.check_integer_ids) or cast"),
-    ("torch", ("double",), lambda i, h: _ids(i).shape[-1] == 0,
-     "gpt2_torch/model.py GPT2DoubleHeadsModel: an empty sequence (B, C, 0) is reshaped before the input checks "
-     "(raw RuntimeError 'cannot reshape tensor of 0 elements')"),
     ("flax", ("double",), lambda i, h: _ids(i).shape[-1] == 0,
      "gpt2_flax/model.py FlaxGPT2DoubleHeadsModel: an empty sequence (B, C, 0) is reshaped before the input "
      "checks (raw ZeroDivisionError)"),
-    ("torch", ("double",), lambda i, h: _ids(i).dtype.kind == "f",
-     "gpt2_torch/model.py GPT2DoubleHeadsModel: float input_ids reach the embedding unchecked (raw "
-     "RuntimeError 'Expected tensor for argument #1 indices to have ... Long, Int')"),
-    ("tf", ("double",), lambda i, h: _ids(i).dtype == np.uint8,
-     "gpt2_tf/model.py TFGPT2DoubleHeadsModel: uint8 input_ids end in a raw InvalidArgumentError"),
-    ("flax", ("double",), lambda i, h: _ids(i).dtype.kind == "f",
-     "gpt2_flax/model.py FlaxGPT2DoubleHeadsModel: float input_ids end in JAX's raw ValueError 'Input type must "
-     "be an integer or unsigned integer'"),
 ]
 
 
