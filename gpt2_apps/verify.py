@@ -33,6 +33,7 @@ from gpt2_apps.errors import EXIT_FAILURE, EXIT_OK, UsageError, run_command
 from gpt2_core import naming, reference
 from gpt2_core.config import GPT2Config
 from gpt2_core.generation import make_generation_config, reference_greedy
+from gpt2_core.generation_config import GenerationConfig
 
 logger = logging.getLogger(__name__)
 TOLERANCE = 1e-4  # fp32, max abs logit difference
@@ -169,6 +170,8 @@ def _verify_loaded(model_dir, config, canonical, loadable, backends, max_new_tok
             step, past = _logits(b, model, ids[:, t : t + 1], mask[:, : t + 1], past=past, use_cache=True)
             steps.append(step)
         cached = np.concatenate(steps, axis=1)
+        # greedy, as the reference decodes: the checkpoint's generation_config.json (it may sample) is not used
+        model.generation_config = GenerationConfig.from_model_config(config)
         toks = b.generate(model, ids, attention_mask=mask, max_new_tokens=max_new_tokens)
         tokens[name] = toks
         new_ref, new = ref_tokens[:, T:], toks[:, T:]

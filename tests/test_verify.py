@@ -78,3 +78,19 @@ def test_convert_then_verify_pair(checkpoint, tmp_path):
     assert "PASSED" in r.stderr and "source-converted" in r.stderr, r.stderr  # the verification ran
     report = verify_pair(checkpoint, out, backends=("torch",))
     assert report.ok and report.pairs["source-converted"]["max_relative_tensor_diff"] == 0.0
+
+
+def test_a_sampling_generation_config_does_not_fail_greedy_agreement(checkpoint, tmp_path):
+    """A checkpoint whose generation_config.json samples (as the shipped default model's does) is still compared
+    greedily: the reference decodes greedily, so the backends must too."""
+    import shutil
+
+    d = tmp_path / "sampling"
+    shutil.copytree(checkpoint, d)
+    (d / "generation_config.json").write_text(json.dumps(
+        {"do_sample": True, "temperature": 1.5, "top_k": 0, "repetition_penalty": 1.3}), encoding="utf-8")
+    report = verify_model(d, ("torch", "flax"), max_new_tokens=12)
+    assert report.ok, report.to_json()
+    for name, entry in report.per_backend.items():
+        n = entry["greedy_tokens_agree_with_reference"].split("/")
+        assert n[0] == n[1], name
