@@ -243,3 +243,18 @@ def check_index_range(values: np.ndarray | None, size: int, name: str, size_name
             f"{name} must be in [0, {size - 1}] ({size_name}={size}). Received: {name} min={lo}, max={hi}. "
             f"Pass indices in that range."
         )
+
+
+def check_integer_ids(dtype: np.dtype | type | str, name: str = "input_ids") -> None:
+    """Raise `ValueError` for ids that are not integers (a float id would be truncated, 1.7 -> 1; torch refuses).
+
+    Args:
+        dtype: The ids' dtype, as NumPy understands it (`np.float32`, `"int64"`, a framework dtype's NumPy type).
+        name: The argument's name, for the message.
+    """
+    dtype = np.dtype(dtype)
+    if dtype.kind not in "iu":
+        raise ValueError(
+            f"{name} must hold integer token ids. Received: {name}.dtype={dtype.name}. Cast them to an integer "
+            "type (e.g. int32), or pass vectors as inputs_embeds."
+        )

@@ -44,6 +44,7 @@ import tensorflow as tf
 from gpt2_core import checks
 from gpt2_core.generation import (
     CHUNK_STEPS,
+    PROMPT_PAD_ID,
     DecodingPlan,
     GenerationConfig,
     GenerationSettings,
@@ -613,6 +614,11 @@ def generate(
     """
     if not hasattr(model, "lm_logits"):
         raise TypeError(f"generate needs a model with an LM head. Received: {type(model).__name__}.")
+    if not tf.executing_eagerly():  # traced: `tf.function(model.generate, jit_compile=True)`, 4.x's XLA recipe
+        return _generate_traced(
+            model, input_ids, attention_mask, generation_config, logits_processor=logits_processor, streamer=streamer,
+            seed=seed, **fields,
+        )
     out_dtype = input_ids.dtype if tf.is_tensor(input_ids) else tf.int64
     ids = np.asarray(input_ids)
     if ids.ndim == 1:
@@ -690,6 +696,97 @@ def generate(
         if streamer is not None:
             streamer.end()
     return _outputs(state, settings, plan, ids, expand, steps, out_dtype)
+
+
+def _generate_traced(
+    model,
+    input_ids: Any,
+    attention_mask: Any,
+    generation_config: GenerationConfig | None,
+    *,
+    logits_processor: Sequence[Any] | None,
+    streamer: Any,
+    seed: Any,
+    **fields: Any,
+) -> Any:
+    """`generate` while a `tf.function` of the caller's is tracing it: the same plan and compiled loop (called
+    from inside the caller's graph), with the host-side steps done in graph ops. Shapes must be static; the values
+    cannot be checked or trimmed, so, as transformers 4.x's XLA generate, the result is `(B * num_return_sequences,
+    T + max_new_tokens)` with `pad_token_id` after the last step (the same tokens as eager generate, padded)."""
+    input_ids = tf.convert_to_tensor(input_ids)
+    out_dtype = input_ids.dtype
+    if input_ids.shape.rank == 1:
+        input_ids = input_ids[None]
+    if not input_ids.dtype.is_integer:
+        raise TypeError(f"input_ids must hold integer token ids. Received: input_ids.dtype={input_ids.dtype.name}.")
+    if input_ids.shape.rank != 2 or None in input_ids.shape.as_list():
+        raise ValueError(
+            "generate inside a tf.function needs input_ids of a static shape (batch, length). Received: "
+            f"input_ids.shape={input_ids.shape}. Trace without an input_signature of unknown dims (tf.function "
+            "traces each shape), or call generate eagerly."
+        )
+    if streamer is not None or fields.get("stop_strings"):
+        raise ValueError(
+            "A streamer and stop_strings need the host between decoding chunks, which a traced generate does not "
+            f"have. Received: streamer={type(streamer).__name__}, stop_strings={fields.get('stop_strings')!r}. "
+            "Call generate eagerly (it is compiled with XLA already)."
+        )
+    B, T = input_ids.shape.as_list()
+    seed, pair = _seed_pair(seed)
+    custom = tuple(logits_processor or ())
+    settings = resolve_generation(
+        model.config, T, generation_config, model_generation_config=getattr(model, "generation_config", None),
+        has_custom_processors=bool(custom), seed=seed, **fields,
+    )
+    if pair is None and settings.seed is not None:
+        pair = (settings.seed, 0)
+    ids = tf.cast(input_ids, tf.int32)
+    if attention_mask is None:
+        # infer_attention_mask's rule in graph ops: `ids != pad` unless the pad id is also an eos id (or unset)
+        pad = settings.pad_token_id
+        if pad is None or pad in tuple(settings.eos_token_id):
+            mask = tf.ones_like(ids)
+        else:
+            mask = tf.cast(ids != pad, tf.int32)
+    else:
+        mask = tf.cast(tf.convert_to_tensor(attention_mask), tf.int32)
+        if mask.shape.rank == 1:
+            mask = mask[None]
+    checks.check_model_inputs(
+        model.config, input_ids=None, input_shape=(B, T), inputs_embeds_shape=None,
+        attention_mask_shape=tuple(mask.shape.as_list()), position_ids=None, position_ids_shape=None,
+        token_type_ids_shape=None, past_length=0,
+    )
+    plan = plan_decoding(model.config, B, T, settings.max_new_tokens)
+    # pad_prompt in graph ops: extra left padding (id PROMPT_PAD_ID, masked), then the new-token slots
+    pad = plan.extra_padding
+    padded_ids = tf.concat([tf.fill((B, pad), PROMPT_PAD_ID), ids], axis=1)  # (B, Tb)
+    buffer_mask = tf.concat([tf.zeros((B, pad), tf.int32), mask, tf.ones((B, plan.new_bucket), tf.int32)], axis=1)
+    expand = settings.num_beams if settings.num_beams > 1 else settings.num_return_sequences
+    padded_ids, buffer_mask = tf.repeat(padded_ids, expand, 0), tf.repeat(buffer_mask, expand, 0)
+    rows_mask = tf.repeat(mask, expand, 0)
+    static = _static(settings, custom)
+    begin, _ = _compiled(model, static)
+    p = _loop_tensors(settings, plan, np.ones((B * expand, T), np.int32), model.config.vocab_size, pair)
+    p["penalty_begin"] = plan.extra_padding + tf.cast(tf.argmax(rows_mask != 0, axis=1), tf.int32)
+    N = settings.max_new_tokens
+    state = begin(padded_ids, buffer_mask, p, tf.constant(N, tf.int32))
+    Tb, start, nrs = plan.prompt_bucket, plan.extra_padding, settings.num_return_sequences
+    if settings.num_beams > 1:
+        # a hypothesis shorter than N is followed by the buffer's fill (the pad id), as eager generate's
+        seq = tf.reshape(state["best_seq"][:, :nrs], (-1, plan.cache_length))
+        sequences = seq[:, start : Tb + N]
+    else:
+        generated = state["seq"][:, Tb : Tb + N]
+        # the steps the loop did not run (every row had finished): the pad id a finished row gets
+        generated = tf.where(tf.range(N)[None, :] < state["step"], generated, p["pad_token_id"])
+        sequences = tf.concat([tf.repeat(ids, expand, 0), generated], axis=1)
+    sequences = tf.cast(sequences, out_dtype)
+    if not settings.return_dict_in_generate:
+        return sequences
+    if settings.num_beams > 1:
+        return GenerateBeamDecoderOnlyOutput(sequences=sequences)
+    return GenerateDecoderOnlyOutput(sequences=sequences)
 
 
 def _apply_stop_strings(state, settings: GenerationSettings, plan: DecodingPlan, rows: np.ndarray, ended: np.ndarray,

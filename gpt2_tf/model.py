@@ -8,7 +8,7 @@ to canonical names through `gpt2_core.naming` and nothing else knows their names
 
 The models run eagerly, inside `tf.function` (also `jit_compile=True`), under `model.compile()` + `model.fit()` and
 exported as a SavedModel (`serving`). Input checks (`gpt2_core.checks`) run on concrete values when executing
-eagerly; inside a graph only the static shapes are checked.
+eagerly; inside a graph the static shapes and dtypes are checked, and an out-of-range id gives NaN (`_embed`).
 
 Attention has one path: with a cache it always goes through a `gpt2_tf.cache.KVCache` (per layer preallocated
 (B, N, S_max, H) buffers plus the filled length). The new keys and values are written at the filled length and
@@ -197,6 +197,7 @@ class TFGPT2Attention(keras.layers.Layer):
         key_ok: tf.Tensor | None = None,
         encoder_hidden_states: tf.Tensor | None = None,
         training: bool = False,
+        head_mask: tf.Tensor | None = None,
     ) -> tuple[tf.Tensor, tuple[tf.Tensor, tf.Tensor] | None, tf.Tensor]:
         B, T, C = tf.shape(x)[0], tf.shape(x)[1], x.shape[-1]
         if self.is_cross_attention:
@@ -223,6 +224,8 @@ class TFGPT2Attention(keras.layers.Layer):
             att = tf.where(causal, att, tf.constant(att.dtype.min, att.dtype))
         att = tf.cast(tf.nn.softmax(att, axis=-1), v.dtype)
         att = self.attn_dropout(att, training=training)
+        if head_mask is not None:  # (1, N, 1, 1): transformers 4.x scales the probabilities after dropout
+            att = att * tf.cast(head_mask, att.dtype)
         y = tf.matmul(att, v)  # (B, N, T, H)
         y = tf.reshape(tf.transpose(y, (0, 2, 1, 3)), (B, T, C))
         y = self.resid_dropout(self.c_proj(y), training=training)
@@ -289,8 +292,11 @@ class TFGPT2Block(keras.layers.Layer):
         encoder_hidden_states: tf.Tensor | None = None,
         encoder_key_ok: tf.Tensor | None = None,
         training: bool = False,
+        head_mask: tf.Tensor | None = None,
     ) -> tuple[tf.Tensor, Any, tf.Tensor, tf.Tensor | None]:
-        y, present, att = self.attn(self.ln_1(x), cache=cache, causal=causal, key_ok=key_ok, training=training)
+        y, present, att = self.attn(
+            self.ln_1(x), cache=cache, causal=causal, key_ok=key_ok, training=training, head_mask=head_mask
+        )
         x = x + y
         cross_att = None
         if encoder_hidden_states is not None:
@@ -301,10 +307,86 @@ class TFGPT2Block(keras.layers.Layer):
                 key_ok=encoder_key_ok,
                 encoder_hidden_states=encoder_hidden_states,
                 training=training,
+                head_mask=head_mask,
             )
             x = x + y
         x = x + self.mlp(self.ln_2(x), training=training)
         return x, present, att, cross_att
+
+
+def _embed(layer: keras.layers.Embedding, ids: tf.Tensor) -> tf.Tensor:
+    """`layer(ids)` (a row per id, in the compute dtype), except that an id outside [0, rows) gives a row of NaN.
+
+    Eager calls never get here with such an id (`_check_call` raises first). Inside a graph (a `tf.function` or
+    `jit_compile` of the caller's, a `fit` step) nothing can be raised, and a plain gather would wrap a negative id
+    (Keras' `take`) or clamp a large one (XLA): a finite, plausible answer. NaN spreads to every output instead.
+    """
+    table = layer.embeddings
+    ids = tf.convert_to_tensor(ids)
+    ok = (ids >= 0) & (ids < tf.cast(table.shape[0], ids.dtype))
+    x = tf.cast(tf.gather(table, tf.where(ok, ids, tf.zeros_like(ids))), layer.compute_dtype)  # (..., C)
+    return tf.where(ok[..., None], x, tf.constant(float("nan"), x.dtype))
+
+
+def _head_mask_shape_error(config: GPT2Config, shape: tuple) -> ValueError:
+    N, L = config.n_head, config.n_layer
+    return ValueError(
+        f"head_mask must have shape (n_head,) or (n_layer, n_head) = ({N},) or ({L}, {N}). "
+        f"Received: head_mask.shape={shape}. Pass one value per head (1.0 keeps it, 0.0 masks it)."
+    )
+
+
+def _layer_head_masks(head_mask: Any, config: GPT2Config) -> list[Any]:
+    """transformers 4.x `get_head_mask`: `(N,)` for every layer or `(n_layer, N)` -> per layer `(1, N, 1, 1)`."""
+    if head_mask is None:
+        return [None] * config.n_layer
+    head_mask = tf.convert_to_tensor(head_mask)
+    L, N = config.n_layer, config.n_head
+    shape = tuple(head_mask.shape)
+    if shape == (N,):
+        head_mask = tf.broadcast_to(head_mask[None], (L, N))
+    elif shape != (L, N):
+        raise _head_mask_shape_error(config, shape)
+    head_mask = head_mask[:, None, :, None, None]  # (L, 1, N, 1, 1)
+    return [head_mask[i] for i in range(L)]
+
+
+def _seed_generators(layer: keras.layers.Layer) -> list[Any]:
+    """The SeedGenerators of the dropout layers under `layer` (a Dropout of rate 0 has none)."""
+    found = []
+    for sub in layer._flatten_layers(include_self=True):
+        generator = getattr(sub, "seed_generator", None) if isinstance(sub, keras.layers.Dropout) else None
+        if generator is not None:
+            found.append(generator)
+    return found
+
+
+def _recomputed(block: TFGPT2Block, x: tf.Tensor, training: Any = False, **kwargs: Any) -> tuple:
+    """`block(x, **kwargs)` under `tf.recompute_grad`: its activations are recomputed in the backward pass instead
+    of kept. Keras' dropout advances a seed variable on every call, so the recompute would draw other masks (other
+    gradients): the seeds are read before the forward and put back before the recompute, so both draw the same."""
+    generators = _seed_generators(block) if training else []
+    seeds = [tf.identity(g.state.value) for g in generators]
+    has_cross = kwargs.get("encoder_hidden_states") is not None
+
+    @tf.recompute_grad
+    def run(x: tf.Tensor) -> tuple:
+        for generator, seed in zip(generators, seeds):
+            generator.state.assign(seed)
+        y, _, att, cross_att = block(x, cache=None, training=training, **kwargs)
+        return (y, att, cross_att) if has_cross else (y, att)
+
+    outs = run(x)
+    return outs[0], None, outs[1], outs[2] if has_cross else None
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _WARNED:
+        _WARNED.add(message)
+        logger.warning(message)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -328,6 +410,12 @@ def _min_max(t: Any) -> np.ndarray | None:
     if int(tf.size(t)) == 0:
         return np.zeros((0,), dtype=np.int64)
     return np.array([int(tf.reduce_min(t)), int(tf.reduce_max(t))])
+
+
+def _np_dtype(t: Any) -> np.dtype:
+    if tf.is_tensor(t) or isinstance(t, tf.Variable):
+        return np.dtype(t.dtype.as_numpy_dtype)
+    return np.asarray(t).dtype
 
 
 def _fold(shape: tuple | None, rank: int) -> tuple | None:
@@ -363,6 +451,16 @@ def _check_call(model: "TFGPT2PreTrainedModel", arguments: Mapping[str, Any]) ->
     }
     if arguments.get("encoder_hidden_states") is not None and not config.add_cross_attention:
         raise checks.no_cross_attention_error()
+    # dtypes are static: refused in a graph too (a float id would be truncated by the gather, 1.7 -> 1)
+    for name in ("input_ids", "token_type_ids", "position_ids"):
+        if arguments.get(name) is not None:
+            checks.check_integer_ids(_np_dtype(arguments[name]), name)
+    head_mask = arguments.get("head_mask")
+    if head_mask is not None and _shape(head_mask) not in ((config.n_head,), (config.n_layer, config.n_head)):
+        raise _head_mask_shape_error(config, _shape(head_mask))
+    token_type_ids = arguments.get("token_type_ids")
+    checks.check_index_range(_min_max(token_type_ids), config.vocab_size, "token_type_ids", "vocab_size")
+    _check_labels(model, arguments)
     if any(shape is not None and None in shape for shape in shapes.values()):
         return
     first = shapes["input"] if shapes["input"] is not None else shapes["embeds"]
@@ -390,6 +488,38 @@ def _check_call(model: "TFGPT2PreTrainedModel", arguments: Mapping[str, Any]) ->
         checks.check_sequence_classification_batch(config, B)
 
 
+def _host(t: Any) -> np.ndarray | None:
+    # the values as NumPy when known (eager), None when symbolic
+    if t is None or (tf.is_tensor(t) and not (tf.executing_eagerly() and hasattr(t, "numpy"))):
+        return None
+    return t.numpy() if tf.is_tensor(t) else np.asarray(t)
+
+
+def _check_labels(model: "TFGPT2PreTrainedModel", arguments: Mapping[str, Any]) -> None:
+    """gpt2_core.checks on the heads' labels and index inputs, eagerly (as gpt2_flax; torch raises on them too)."""
+    config, head = model.config, model.head
+    labels = _host(arguments.get("labels"))
+    if labels is not None and head in ("lm", "double"):
+        checks.check_labels(labels[..., 1:], config.vocab_size, "labels", reference.IGNORE_INDEX)
+    elif labels is not None and head == "tokcls":
+        checks.check_labels(labels, config.num_labels, "labels", reference.IGNORE_INDEX)
+    elif labels is not None and head == "seqcls":
+        kind = reference.problem_type(config, np.zeros((), np.int64 if labels.dtype.kind in "iu" else np.float32))
+        if kind == "single_label_classification":
+            checks.check_labels(labels, config.num_labels, "labels", reference.IGNORE_INDEX)
+    if head != "double":
+        return
+    ids = arguments.get("input_ids")
+    ids = ids if ids is not None else arguments.get("inputs_embeds")
+    shape = _shape(ids)
+    rank = 2 if arguments.get("input_ids") is not None else 3
+    if shape is None or len(shape) <= rank - 1 or None in shape:
+        return
+    choices, T = (shape[1] if len(shape) > rank else 1), shape[len(shape) - rank + 1]
+    checks.check_index_range(_host(arguments.get("mc_token_ids")), T, "mc_token_ids", "sequence length")
+    checks.check_labels(_host(arguments.get("mc_labels")), choices, "mc_labels", reference.IGNORE_INDEX)
+
+
 def _as_tensor(value: Any) -> Any:
     if value is None or isinstance(value, (tf.Tensor, tf.Variable, KVCache)) or tf.is_tensor(value):
         return value
@@ -405,7 +535,7 @@ def _returned(output: Any, return_dict: bool | None) -> Any:
 
 # transformers 4.x's argument order of each class's `call`, which its TF models also took as one list or tuple:
 # `model([input_ids, past_key_values, attention_mask])` (4.x TF GPT-2; QA and token classification, which 4.x had
-# only in PyTorch, take that forward's order). `head_mask` is a place holder here: it must be None.
+# only in PyTorch, take that forward's order).
 _BODY_ORDER = ("input_ids", "past_key_values", "attention_mask", "token_type_ids", "position_ids", "head_mask",
                "inputs_embeds")
 _OUTPUT_FLAGS = ("use_cache", "output_attentions", "output_hidden_states", "return_dict")
@@ -513,13 +643,7 @@ class TFGPT2PreTrainedModel(keras.Model):
                 f"Too many inputs in the list for {type(self).__name__}. Received: {len(values)} inputs. Pass at most "
                 f"{len(order)}, in transformers 4.x's order {order}, or pass a dict."
             )
-        inputs = {name: value for name, value in zip(order, values) if value is not None}
-        if "head_mask" in inputs:
-            raise ValueError(
-                f"head_mask is not supported by {type(self).__name__}. Received: a head_mask at list position "
-                f"{order.index('head_mask')}. Put None there."
-            )
-        return inputs
+        return {name: value for name, value in zip(order, values) if value is not None}
 
     # -- parameters through gpt2_core.naming ------------------------------------------------------------------
     def init_weights(self, seed: int | None = None) -> None:
@@ -627,8 +751,173 @@ class TFGPT2PreTrainedModel(keras.Model):
             generation_config=self.generation_config,
         )
 
-    def num_parameters(self) -> int:
-        return int(sum(np.prod(v.shape) for v in self.weights))
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> Any:
+        """Upload `save_pretrained`'s files to the Hub repo `repo_id` (created if missing), transformers'
+        `push_to_hub`: `commit_message`, `commit_description`, `private`, `token`, `revision`, `create_pr`,
+        `max_shard_size` (`weights_convert.push.push_to_hub`). Returns huggingface_hub's `CommitInfo`."""
+        from weights_convert.push import push_to_hub
+
+        return push_to_hub(self, repo_id, **kwargs)
+
+    def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
+        """Number of parameters (the tied LM head is `wte` itself, counted once), transformers' `num_parameters`.
+
+        Args:
+            only_trainable: Count only trainable variables (`layer.trainable = False` freezes a layer's).
+            exclude_embeddings: Leave out the `Embedding` matrices (`wte`, `wpe`; a tied LM head with them).
+        """
+        from gpt2_tf.weights import named_variables
+
+        embeddings = {id(v) for layer in (self._body().wte, self._body().wpe) for v in layer.weights}
+        trainable = {id(v) for v in self.trainable_variables}
+        return int(
+            sum(
+                np.prod(v.shape)
+                for v in named_variables(self).values()
+                if not (exclude_embeddings and id(v) in embeddings) and (id(v) in trainable or not only_trainable)
+            )
+        )
+
+    # -- transformers' model attributes, embedding accessors and resizing -------------------------------------
+    main_input_name = "input_ids"
+    base_model_prefix = "transformer"
+    supports_gradient_checkpointing = True
+
+    @classmethod
+    def can_generate(cls) -> bool:
+        """Whether `generate` works on this class (the LM head model)."""
+        return False
+
+    def _body(self) -> "TFGPT2Model":
+        # The TFGPT2Model body (the model itself for TFGPT2Model). Not transformers' `base_model` property: Keras'
+        # saving walks every attribute, and one that returns the model itself recurses.
+        return getattr(self, self.base_model_prefix, self)
+
+    def get_input_embeddings(self) -> keras.layers.Embedding:
+        return self._body().wte
+
+    def set_input_embeddings(self, value: keras.layers.Embedding) -> None:
+        """Replace the token embedding by a built `keras.layers.Embedding` of `n_embd` columns; `config.vocab_size`
+        follows its rows (and so does a tied LM head, which is `wte`'s matrix)."""
+        if not isinstance(value, keras.layers.Embedding) or value.embeddings.shape[1] != self.config.n_embd:
+            shape = tuple(value.embeddings.shape) if isinstance(value, keras.layers.Embedding) else None
+            raise ValueError(
+                f"The input embedding must be a built keras.layers.Embedding with n_embd={self.config.n_embd} "
+                f"columns. Received: {type(value).__name__} of shape {shape}. Build one with "
+                f"keras.layers.Embedding(rows, {self.config.n_embd}) and call .build()."
+            )
+        body = self._body()
+        _replace_layer(body, "wte", value)
+        self.config.vocab_size = int(value.embeddings.shape[0])
+        self._forget_compiled()
+
+    def get_output_embeddings(self) -> keras.layers.Layer | None:
+        """The LM head: its `Dense` when untied, the token `Embedding` when tied (transformers 4.x TF returns the
+        input embeddings then: the head is that matrix); None for models without an LM head."""
+        if not hasattr(self, "lm_head"):
+            return None
+        return self.lm_head if self.lm_head is not None else self.get_input_embeddings()
+
+    def resize_token_embeddings(
+        self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None, mean_resizing: bool = True
+    ) -> keras.layers.Embedding:
+        """Grow or shrink the token embedding (and an untied LM head) to `new_num_tokens` rows: transformers'
+        `resize_token_embeddings` and gpt2_torch's, rule for rule (the draws differ: NumPy's RNG, seeded by
+        `keras.utils.set_random_seed`).
+
+        Rows are kept or dropped at the end. New rows are drawn from a normal with the old rows' mean and `1e-9`
+        times their covariance (`mean_resizing=True`, transformers' default; exactly the mean when that covariance
+        is not positive definite, e.g. fewer rows than `n_embd`), or from `normal(0, initializer_range)`. A tied
+        head follows (it is `wte`'s matrix), `config.vocab_size` is updated. Keras variables cannot change shape,
+        so the layer is replaced by a new one: `compile()` again before `fit` (the optimizer tracked the old one).
+
+        Args:
+            new_num_tokens: Rows wanted, e.g. `len(tokenizer)` after `add_special_tokens`; None keeps the size.
+            pad_to_multiple_of: Round the row count up to a multiple of this.
+            mean_resizing: The mean/covariance rule above (True) or the plain normal init (False).
+
+        Returns:
+            The input embedding layer.
+        """
+        if pad_to_multiple_of is not None:
+            if not _positive_int(pad_to_multiple_of):
+                raise ValueError(
+                    "pad_to_multiple_of must be a positive integer. "
+                    f"Received: pad_to_multiple_of={pad_to_multiple_of!r}. Pass e.g. 64, or None."
+                )
+            if new_num_tokens is None:
+                new_num_tokens = int(self.get_input_embeddings().embeddings.shape[0])
+            new_num_tokens = -(-new_num_tokens // pad_to_multiple_of) * pad_to_multiple_of
+        if new_num_tokens is None:
+            return self.get_input_embeddings()
+        if not _positive_int(new_num_tokens):
+            raise ValueError(
+                f"new_num_tokens must be a positive integer. Received: new_num_tokens={new_num_tokens!r}. "
+                "Pass the tokenizer's length, len(tokenizer)."
+            )
+        std = self.config.initializer_range
+        rng = np.random.default_rng(int(np.random.randint(0, 2**31 - 1)))
+        wte = self.get_input_embeddings()
+        if int(wte.embeddings.shape[0]) != new_num_tokens:
+            rows = _resized_rows(np.asarray(wte.embeddings.numpy()), new_num_tokens, mean_resizing, std, rng)
+            new_wte = _embedding(new_num_tokens, self.config, wte.dtype_policy)
+            new_wte.embeddings.assign(rows)
+            new_wte.trainable = wte.trainable
+            _replace_layer(self._body(), "wte", new_wte)
+        head = getattr(self, "lm_head", None)
+        if head is not None and int(head.kernel.shape[1]) != new_num_tokens:  # an untied head: kernel (C, V)
+            rows = _resized_rows(np.asarray(head.kernel.numpy()).T, new_num_tokens, mean_resizing, std, rng)
+            new_head = _dense(new_num_tokens, self.config.n_embd, False, head.dtype_policy)
+            new_head.kernel.assign(rows.T)
+            new_head.trainable = head.trainable
+            _replace_layer(self, "lm_head", new_head)
+        self.config.vocab_size = new_num_tokens
+        self._forget_compiled()
+        return self.get_input_embeddings()
+
+    def _forget_compiled(self) -> None:
+        # traced functions read the variables they saw: after a layer swap they must be traced again
+        from gpt2_tf import generation
+
+        generation._COMPILED.pop(self, None)
+        for name in ("train_function", "test_function", "predict_function"):
+            if getattr(self, name, None) is not None:
+                setattr(self, name, None)
+
+    # -- gradient (activation) checkpointing ------------------------------------------------------------------
+    def gradient_checkpointing_enable(
+        self, gradient_checkpointing_kwargs: dict[str, Any] | None = None, every_n_layers: int = 1
+    ) -> None:
+        """Recompute each block's activations in the backward pass instead of keeping them (`tf.recompute_grad`
+        per `TFGPT2Block`, with `training=True`, without a cache), transformers' `gradient_checkpointing_enable`:
+        same loss and gradients (the same dropout masks), less memory, one more forward per block.
+
+        Args:
+            gradient_checkpointing_kwargs: transformers' argument (torch.utils.checkpoint options); `tf.recompute_grad`
+                takes none, so it must be empty or None.
+            every_n_layers: Checkpoint only every n-th block (blocks 0, n, 2n, ...).
+        """
+        if gradient_checkpointing_kwargs:
+            raise ValueError(
+                "tf.recompute_grad takes no options. Received: gradient_checkpointing_kwargs="
+                f"{gradient_checkpointing_kwargs!r}. Pass None (use_reentrant and the like are torch's)."
+            )
+        if not _positive_int(every_n_layers):
+            raise ValueError(
+                f"every_n_layers must be a positive integer. Received: every_n_layers={every_n_layers!r}. "
+                "Use 1 to checkpoint every block."
+            )
+        self._body().gradient_checkpointing = True
+        self._body()._checkpoint_every = every_n_layers
+        self._forget_compiled()
+
+    def gradient_checkpointing_disable(self) -> None:
+        self._body().gradient_checkpointing = False
+        self._forget_compiled()
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return bool(self._body().gradient_checkpointing)
 
     # -- Keras training: the model's own loss ------------------------------------------------------------------
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
@@ -740,6 +1029,53 @@ class TFGPT2PreTrainedModel(keras.Model):
         archive.write_out(os.fspath(filepath), verbose=True if verbose is None else verbose)
 
 
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1
+
+
+def _replace_layer(owner: keras.layers.Layer, name: str, layer: keras.layers.Layer) -> None:
+    # Keras tracks a layer set as an attribute: untrack the old one, or its variables stay in `weights`, and put
+    # the new one at the old one's place in the tracked list (the order names the layers in a .keras file and
+    # orders `trainable_variables`, so a model built from the config must see the same order)
+    old = getattr(owner, name)
+    tracked = owner._layers
+    index = next((i for i, item in enumerate(tracked) if item is old), len(tracked))
+    owner._tracker.untrack(old)
+    delattr(owner, name)
+    setattr(owner, name, layer)
+    position = next((i for i, item in enumerate(tracked) if item is layer), None)
+    if position is not None:
+        tracked.insert(index, tracked.pop(position))
+
+
+def _resized_rows(
+    old: np.ndarray, n: int, mean_resizing: bool, std: float, rng: np.random.Generator
+) -> np.ndarray:
+    """The resized (n, C) matrix of transformers' `_get_resized_embeddings` / gpt2_torch's: the first
+    `min(old, n)` rows kept; new rows ~ N(mean, 1e-9 * covariance) of the old rows, or exactly the mean where that
+    covariance is not positive definite (`_init_added_embeddings_weights_with_mean`,
+    https://nlp.stanford.edu/~johnhew/vocab-expansion.html), or ~ N(0, std) without `mean_resizing`."""
+    old_n, C = old.shape
+    new = np.empty((n, C), np.float32)
+    added = n - old_n
+    if added > 0 and not mean_resizing:
+        new[old_n:] = rng.normal(0.0, std, (added, C))
+    elif added > 0:
+        w = old.astype(np.float32)
+        mean = w.mean(axis=0)
+        centered = w - mean
+        covariance = 1e-9 * (centered.T @ centered / old_n)  # (C, C)
+        try:
+            # torch's positive_definite check is a Cholesky factorisation too
+            factor = np.linalg.cholesky(covariance.astype(np.float64))
+            new[old_n:] = mean + rng.standard_normal((added, C)) @ factor.T
+        except np.linalg.LinAlgError:
+            new[old_n:] = mean[None, :]
+    k = min(old_n, n)
+    new[:k] = old[:k]
+    return new.astype(old.dtype, copy=False)
+
+
 def _finish_init(model: TFGPT2PreTrainedModel, seed: int | None) -> None:
     """Mark the model built and draw its initial weights, unless built inside `reference.skip_init()` (the one
     skip-init rule of every backend: a task model's body, `from_pretrained`)."""
@@ -768,11 +1104,10 @@ class TFGPT2Model(TFGPT2PreTrainedModel):
         self.drop = _dropout(config.embd_pdrop, self.dtype_policy)
         self.h = [TFGPT2Block(config, i, dtype=self.dtype_policy) for i in range(config.n_layer)]
         self.ln_f = _layer_norm(config, self.dtype_policy)
+        self.gradient_checkpointing = False  # gradient_checkpointing_enable sets it
+        self._checkpoint_every = 1
         self.built = True
         _finish_init(self, seed)
-
-    def get_input_embeddings(self) -> keras.layers.Embedding:
-        return self.wte
 
     def call(
         self,
@@ -788,6 +1123,7 @@ class TFGPT2Model(TFGPT2PreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        head_mask: tf.Tensor | None = None,
         training: bool = False,
     ) -> BaseModelOutputWithPastAndCrossAttentions | tuple:
         """Forward pass, transformers' arguments.
@@ -795,10 +1131,22 @@ class TFGPT2Model(TFGPT2PreTrainedModel):
         `past_key_values` is transformers' tuple of per-layer (k, v) (B, N, P, H), returned as such, or a
         `gpt2_tf.cache.KVCache`, returned as the next KVCache (also with `use_cache=False`); with a KVCache the
         attention mask covers (B, length + T) or the whole buffer (B, S_max). `return_dict=False` returns
-        `to_tuple()` of the output.
+        `to_tuple()` of the output. `output_attentions` / `output_hidden_states` left at None follow the config.
+        `head_mask` (transformers 4.x): `(n_head,)` for every layer or `(n_layer, n_head)`, multiplies each head's
+        attention probabilities after dropout. With `gradient_checkpointing_enable()` and `training=True` each
+        block is recomputed in the backward pass (`tf.recompute_grad`) and `use_cache` is off.
         """
         config = self.config
         use_cache = config.use_cache if use_cache is None else use_cache
+        if output_attentions is None:
+            output_attentions = bool(getattr(config, "output_attentions", False))
+        if output_hidden_states is None:
+            output_hidden_states = bool(getattr(config, "output_hidden_states", False))
+        checkpointing = self.gradient_checkpointing and bool(training)
+        if checkpointing and use_cache and past_key_values is None:
+            # transformers' rule: a cache built in a recomputed forward would be written twice
+            _warn_once("use_cache=True is incompatible with gradient checkpointing. Setting use_cache=False.")
+            use_cache = False
         input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds = (
             _as_tensor(t) for t in (input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds)
         )
@@ -818,7 +1166,7 @@ class TFGPT2Model(TFGPT2PreTrainedModel):
             attention_mask, token_type_ids = fold(attention_mask), fold(token_type_ids)
             position_ids = fold(position_ids)
         if inputs_embeds is None:
-            inputs_embeds = self.wte(input_ids)  # (B, T, C)
+            inputs_embeds = _embed(self.wte, input_ids)  # (B, T, C)
         B = inputs_embeds.shape[0] if inputs_embeds.shape[0] is not None else tf.shape(inputs_embeds)[0]
         T = inputs_embeds.shape[1] if inputs_embeds.shape[1] is not None else tf.shape(inputs_embeds)[1]
         # One attention path: with a cache, always a KVCache (a legacy tuple converted here, at the edge).
@@ -840,9 +1188,9 @@ class TFGPT2Model(TFGPT2PreTrainedModel):
                 position_ids = position_ids_from_attention_mask(attention_mask, T, P if cache is not None else None)
             else:
                 position_ids = (P + tf.range(T))[None, :]  # (1, T); an addition keeps the shape static
-        x = inputs_embeds + self.wpe(position_ids)
+        x = inputs_embeds + _embed(self.wpe, position_ids)
         if token_type_ids is not None:
-            x = x + self.wte(token_type_ids)
+            x = x + _embed(self.wte, token_type_ids)
         x = self.drop(x, training=training)
 
         # causal[t, s]: key s is not in query t's future; key_ok[b, 0, 0, s]: key s is not padding
@@ -859,20 +1207,24 @@ class TFGPT2Model(TFGPT2PreTrainedModel):
         if encoder_hidden_states is not None and encoder_attention_mask is not None:
             encoder_key_ok = (encoder_attention_mask != 0)[:, None, None, :]  # (B, 1, 1, S_enc)
 
+        head_masks = _layer_head_masks(head_mask, config)
         presents = []
         all_hidden = [x] if output_hidden_states else None
         all_att = [] if output_attentions else None
         all_cross = [] if (output_attentions and encoder_hidden_states is not None) else None
-        for block in self.h:
-            x, present, att, cross_att = block(
-                x,
-                cache=cache,
+        for i, block in enumerate(self.h):
+            kwargs = dict(
                 causal=causal,
                 key_ok=key_ok,
                 encoder_hidden_states=encoder_hidden_states,
                 encoder_key_ok=encoder_key_ok,
                 training=training,
+                head_mask=head_masks[i],
             )
+            if checkpointing and cache is None and i % self._checkpoint_every == 0:
+                x, present, att, cross_att = _recomputed(block, x, **kwargs)
+            else:
+                x, present, att, cross_att = block(x, cache=cache, **kwargs)
             presents.append(present)
             if output_attentions:
                 all_att.append(att)
@@ -951,6 +1303,7 @@ class TFGPT2LMHeadModel(TFGPT2PreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        head_mask: tf.Tensor | None = None,
         training: bool = False,
     ) -> CausalLMOutputWithCrossAttentions:
         out = self.transformer(
@@ -965,6 +1318,7 @@ class TFGPT2LMHeadModel(TFGPT2PreTrainedModel):
             use_cache=use_cache,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
+            head_mask=head_mask,
             training=training,
         )
         logits = self.lm_logits(out.last_hidden_state)  # (B, T, V)
@@ -981,21 +1335,69 @@ class TFGPT2LMHeadModel(TFGPT2PreTrainedModel):
         )
         return _returned(output, return_dict)
 
+    @classmethod
+    def can_generate(cls) -> bool:
+        return True
+
+    def prepare_inputs_for_generation(
+        self,
+        input_ids: Any,
+        past_key_values: tuple[tuple[tf.Tensor, tf.Tensor], ...] | KVCache | None = None,
+        attention_mask: Any = None,
+        inputs_embeds: Any = None,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        """transformers' hook for one decoding step's `call` arguments (what custom loops call; this library's own
+        `generate` does not need it), as gpt2_torch's: with a past, only the tokens it has not seen are kept; the
+        position ids then follow from the (whole) attention mask inside `call`."""
+        token_type_ids = kwargs.get("token_type_ids")
+        if past_key_values is not None:
+            if isinstance(past_key_values, KVCache):
+                past_length = int(past_key_values.length)
+            else:
+                past_length = int(past_key_values[0][0].shape[2])
+            T = int(input_ids.shape[1])
+            cut = past_length if T > past_length else T - 1
+            input_ids = input_ids[:, cut:]
+            if token_type_ids is not None:
+                token_type_ids = token_type_ids[:, cut:]
+        if inputs_embeds is not None and past_key_values is None:
+            model_inputs: dict[str, Any] = {"inputs_embeds": inputs_embeds}
+        else:
+            model_inputs = {"input_ids": input_ids}
+        model_inputs.update(
+            past_key_values=past_key_values,
+            use_cache=kwargs.get("use_cache"),
+            position_ids=kwargs.get("position_ids"),
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+        )
+        return model_inputs
+
     def generate(self, input_ids: Any, attention_mask: Any = None, generation_config: Any = None, **kwargs: Any) -> Any:
-        """XLA-compiled cached decoding (greedy, sampling, beam search); see `gpt2_tf.generation.generate`."""
+        """XLA-compiled cached decoding (greedy, sampling, beam search); see `gpt2_tf.generation.generate`.
+        Inside a `tf.function` (`tf.function(model.generate, jit_compile=True)`, transformers 4.x's XLA recipe) it
+        traces the same compiled loop and returns `(B, T + max_new_tokens)` ids padded with `pad_token_id`."""
         from gpt2_tf.generation import generate
 
         return generate(self, input_ids, attention_mask, generation_config, **kwargs)
 
 
 def _cross_entropy(logits: tf.Tensor, labels: tf.Tensor, ignore_index: Any = None) -> tf.Tensor:
-    """Mean cross entropy in float32 over labels != ignore_index (torch.nn.functional.cross_entropy); 0/0 = nan."""
+    """Mean cross entropy in float32 over labels != ignore_index (torch.nn.functional.cross_entropy); 0/0 = nan.
+
+    A label outside [0, classes) gives NaN (eager calls never get here with one: `_check_call` raises first; in a
+    graph TF's kernel would raise on CPU and give garbage elsewhere)."""
     logits = tf.cast(tf.reshape(logits, (-1, tf.shape(logits)[-1])), tf.float32)
     labels = tf.cast(tf.reshape(labels, (-1,)), tf.int32)
+    valid = (labels >= 0) & (labels < tf.shape(logits)[-1])
+    nan = tf.constant(float("nan"), tf.float32)
     if ignore_index is None:
-        return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits))
+        losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.where(valid, labels, 0), logits=logits)
+        return tf.reduce_mean(tf.where(valid, losses, nan))
     keep = labels != tf.cast(ignore_index, tf.int32)
-    losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.where(keep, labels, 0), logits=logits)
+    losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.where(keep & valid, labels, 0), logits=logits)
+    losses = tf.where(keep & ~valid, nan, losses)
     keep = tf.cast(keep, tf.float32)
     return tf.reduce_sum(losses * keep) / tf.reduce_sum(keep)
 
@@ -1042,7 +1444,10 @@ class TFGPT2SequenceSummary(keras.layers.Layer):
         else:
             cls_index = tf.cast(cls_index, tf.int32)
             rank = cls_index.shape.rank
-            x = tf.gather(hidden_states, cls_index, axis=rank, batch_dims=rank)  # (..., C)
+            # an index outside the sequence gives NaN (in a graph; eager calls are checked first), not a clamped row
+            ok = (cls_index >= 0) & (cls_index < tf.shape(hidden_states)[rank])
+            x = tf.gather(hidden_states, tf.where(ok, cls_index, 0), axis=rank, batch_dims=rank)  # (..., C)
+            x = tf.where(ok[..., None], x, tf.constant(float("nan"), x.dtype))
         x = self.first_dropout(x, training=training)
         if self.summary is not None:
             x = self.summary(x)
@@ -1089,6 +1494,7 @@ class TFGPT2DoubleHeadsModel(TFGPT2PreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        head_mask: tf.Tensor | None = None,
         training: bool = False,
     ) -> GPT2DoubleHeadsModelOutput:
         out = self.transformer(
@@ -1101,6 +1507,7 @@ class TFGPT2DoubleHeadsModel(TFGPT2PreTrainedModel):
             use_cache=use_cache,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
+            head_mask=head_mask,
             training=training,
         )
         hidden = out.last_hidden_state  # (B, choices, T, C)
@@ -1163,6 +1570,7 @@ class TFGPT2ForSequenceClassification(TFGPT2PreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        head_mask: tf.Tensor | None = None,
         training: bool = False,
     ) -> SequenceClassifierOutputWithPast:
         input_ids = _as_tensor(input_ids)
@@ -1176,6 +1584,7 @@ class TFGPT2ForSequenceClassification(TFGPT2PreTrainedModel):
             use_cache=use_cache,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
+            head_mask=head_mask,
             training=training,
         )
         logits = self.score(out.last_hidden_state)  # (B, T, L)
@@ -1246,6 +1655,7 @@ class TFGPT2ForTokenClassification(TFGPT2PreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        head_mask: tf.Tensor | None = None,
         training: bool = False,
     ) -> TokenClassifierOutput:
         out = self.transformer(
@@ -1258,6 +1668,7 @@ class TFGPT2ForTokenClassification(TFGPT2PreTrainedModel):
             use_cache=use_cache,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
+            head_mask=head_mask,
             training=training,
         )
         logits = self.classifier(self.dropout(out.last_hidden_state, training=training))  # (B, T, L)
@@ -1300,6 +1711,7 @@ class TFGPT2ForQuestionAnswering(TFGPT2PreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        head_mask: tf.Tensor | None = None,
         training: bool = False,
     ) -> QuestionAnsweringModelOutput:
         out = self.transformer(
@@ -1311,6 +1723,7 @@ class TFGPT2ForQuestionAnswering(TFGPT2PreTrainedModel):
             use_cache=False,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
+            head_mask=head_mask,
             training=training,
         )
         logits = self.qa_outputs(out.last_hidden_state)  # (B, T, 2)
