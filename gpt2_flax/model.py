@@ -22,9 +22,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
+import inspect
 import logging
 import math
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -103,13 +106,24 @@ def last_non_pad_index(input_ids: jax.Array | None, pad_token_id: int | None, se
 
 
 # -- construction helpers ---------------------------------------------------------------------------------------
-# Layers are created with zero placeholders: the real values come right after from gpt2_core.reference.init_params
-# (the same init in every framework) or from a checkpoint, so drawing nnx's own random init would be wasted work.
+# The initial weights are drawn with jax.random from the `params` stream of the `nnx.Rngs` (so a model builds under
+# `nnx.eval_shape` and `jax.jit`), by gpt2_core.reference.init_params's rule: N(0, initializer_range) for matrices and
+# embeddings, residual projections (`c_proj`) scaled by 1/sqrt(2 * n_layer) (GPT-2 paper), zero biases, unit
+# LayerNorm gains. Inside `reference.skip_init()` (a checkpoint is about to be loaded) they are zeros, not drawn;
+# `from_config(config, seed)` loads exactly `reference.init_params(config, head, seed)` (every framework's weights).
 _ZEROS = nnx.initializers.zeros_init()
 
 
-def _linear(n_in: int, n_out: int, rngs: nnx.Rngs, use_bias: bool = True) -> nnx.Linear:
-    return nnx.Linear(n_in, n_out, use_bias=use_bias, kernel_init=_ZEROS, rngs=rngs)
+def _normal(std: float) -> Any:
+    return _ZEROS if reference.init_skipped() else nnx.initializers.normal(stddev=std)
+
+
+def _linear(n_in: int, n_out: int, rngs: nnx.Rngs, use_bias: bool = True, std: float = 0.02) -> nnx.Linear:
+    return nnx.Linear(n_in, n_out, use_bias=use_bias, kernel_init=_normal(std), rngs=rngs)
+
+
+def _residual_std(config: GPT2Config) -> float:
+    return config.initializer_range / math.sqrt(2 * config.n_layer)
 
 
 def _layer_norm(config: GPT2Config, rngs: nnx.Rngs) -> nnx.LayerNorm:
@@ -123,7 +137,7 @@ def _dropout(rate: float | None, rngs: nnx.Rngs) -> nnx.Dropout:
 
 
 def default_rngs(seed: int = 0) -> nnx.Rngs:
-    """The models' default randomness: `params` (the seed of the reference init) and a `dropout` stream.
+    """The models' default randomness: `params` (draws the initial weights) and a `dropout` stream.
 
     Dropout draws from an `rbg` key (XLA's RngBitGenerator): with the default threefry keys, every dropout mask
     is a threefry computation that XLA compiles slowly (seconds per train step on CPU) and runs slowly.
@@ -132,7 +146,7 @@ def default_rngs(seed: int = 0) -> nnx.Rngs:
 
 
 def _seed_from(rngs: nnx.Rngs) -> int:
-    """A NumPy seed for gpt2_core.reference.init_params, drawn from the `params` stream of `rngs`."""
+    """A NumPy seed for gpt2_core.reference.init_params (heads a checkpoint lacks), drawn from the `params` stream."""
     return int(jax.random.randint(rngs.params(), (), 0, 2**31 - 1))
 
 
@@ -146,7 +160,8 @@ def _min_max(x: Any) -> np.ndarray | None:
         return None
     if x.size == 0:
         return np.zeros((0,), dtype=np.int64)
-    return np.array([int(x.min()), int(x.max())])
+    with jax.ensure_compile_time_eval():  # a concrete array closed over by a jitted function stays concrete
+        return np.array([int(x.min()), int(x.max())])
 
 
 def _host(x: Any) -> np.ndarray | None:
@@ -154,9 +169,34 @@ def _host(x: Any) -> np.ndarray | None:
     return None if x is None or _is_traced(x) else np.asarray(x)
 
 
-def _as_return(output: Any, return_dict: bool | None) -> Any:
-    # transformers' `return_dict`: the output dataclass (True, or None), else its non-None fields in order.
-    return output if return_dict is not False else output.to_tuple()
+def _use_return_dict(config: GPT2Config | None, return_dict: bool | None) -> bool:
+    """transformers' rule: `return_dict=None` follows `config.use_return_dict`, i.e. `config.return_dict` (True when
+    the config has neither)."""
+    if return_dict is not None:
+        return bool(return_dict)
+    use = getattr(config, "use_return_dict", None)
+    return bool(getattr(config, "return_dict", True) if use is None else use)
+
+
+def _as_return(output: Any, return_dict: bool | None, config: GPT2Config | None = None) -> Any:
+    # transformers' `return_dict`: the output dataclass, else its non-None fields in order (`to_tuple()`).
+    return output if _use_return_dict(config, return_dict) else output.to_tuple()
+
+
+def _layer_head_masks(head_mask: Any, config: GPT2Config, dtype: Any) -> list[Any]:
+    """transformers 4.x `get_head_mask`: `(N,)` for every layer or `(n_layer, N)` -> per layer `(1, N, 1, 1)`."""
+    if head_mask is None:
+        return [None] * config.n_layer
+    head_mask = jnp.asarray(head_mask)
+    L, N = config.n_layer, config.n_head
+    if tuple(head_mask.shape) == (N,):
+        head_mask = jnp.broadcast_to(head_mask[None], (L, N))
+    elif tuple(head_mask.shape) != (L, N):
+        raise ValueError(
+            f"head_mask must have shape (n_head,) or (n_layer, n_head) = ({N},) or ({L}, {N}). "
+            f"Received: head_mask.shape={tuple(head_mask.shape)}. Pass one value per head (1.0 keeps it, 0.0 masks it)."
+        )
+    return list(head_mask.astype(dtype)[:, None, :, None, None])
 
 
 def _as_array(x: Any) -> jax.Array | None:
@@ -182,12 +222,13 @@ class FlaxGPT2Attention(nnx.Module):
         self.is_cross_attention = is_cross_attention
         self.scale = reference.attention_scale(config, layer_idx)
         self.reorder_and_upcast_attn = config.reorder_and_upcast_attn
+        std = config.initializer_range
         if is_cross_attention:
-            self.c_attn = _linear(C, 2 * C, rngs)
-            self.q_attn = _linear(C, C, rngs)
+            self.c_attn = _linear(C, 2 * C, rngs, std=std)
+            self.q_attn = _linear(C, C, rngs, std=std)
         else:
-            self.c_attn = _linear(C, 3 * C, rngs)
-        self.c_proj = _linear(C, C, rngs)
+            self.c_attn = _linear(C, 3 * C, rngs, std=std)
+        self.c_proj = _linear(C, C, rngs, std=_residual_std(config))
         self.attn_dropout = _dropout(config.attn_pdrop, rngs)
         self.resid_dropout = _dropout(config.resid_pdrop, rngs)
 
@@ -203,6 +244,7 @@ class FlaxGPT2Attention(nnx.Module):
         key_ok: jax.Array | None = None,
         encoder_hidden_states: jax.Array | None = None,
         deterministic: bool | None = None,
+        head_mask: jax.Array | None = None,
     ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None, jax.Array]:
         B, T, C = x.shape
         if self.is_cross_attention:
@@ -225,8 +267,11 @@ class FlaxGPT2Attention(nnx.Module):
             att = jnp.where(key_ok, att, jnp.finfo(att.dtype).min / 2)
         if causal is not None:
             att = jnp.where(causal, att, jnp.finfo(att.dtype).min)
-        att = jax.nn.softmax(att, axis=-1).astype(v.dtype)
+        # softmax in float32 whatever the compute dtype (torch's softmax accumulates bf16/fp16 in float32 too)
+        att = jax.nn.softmax(att.astype(jnp.float32), axis=-1).astype(v.dtype)
         att = self.attn_dropout(att, deterministic=deterministic)
+        if head_mask is not None:
+            att = att * head_mask  # (1, N, 1, 1): transformers 4.x scales the probabilities after dropout
         y = jnp.matmul(att, v)  # (B, N, T, H)
         y = y.transpose(0, 2, 1, 3).reshape(B, T, C)
         y = self.resid_dropout(self.c_proj(y), deterministic=deterministic)
@@ -242,8 +287,8 @@ class FlaxGPT2MLP(nnx.Module):
     """
 
     def __init__(self, config: GPT2Config, *, rngs: nnx.Rngs) -> None:
-        self.c_fc = _linear(config.n_embd, config.inner_dim, rngs)
-        self.c_proj = _linear(config.inner_dim, config.n_embd, rngs)
+        self.c_fc = _linear(config.n_embd, config.inner_dim, rngs, std=config.initializer_range)
+        self.c_proj = _linear(config.inner_dim, config.n_embd, rngs, std=_residual_std(config))
         self.act = ACT2FN[config.activation_function]
         self.dropout = _dropout(config.resid_pdrop, rngs)
 
@@ -278,44 +323,132 @@ class FlaxGPT2Block(nnx.Module):
         encoder_hidden_states: jax.Array | None = None,
         encoder_key_ok: jax.Array | None = None,
         deterministic: bool | None = None,
+        head_mask: jax.Array | None = None,
     ) -> tuple[jax.Array, Any, jax.Array, jax.Array | None]:
-        y, present, att = self.attn(self.ln_1(x), cache, causal, key_ok, None, deterministic)
+        y, present, att = self.attn(self.ln_1(x), cache, causal, key_ok, None, deterministic, head_mask)
         x = x + y
         cross_att = None
         if encoder_hidden_states is not None:
             if not hasattr(self, "crossattention"):
                 raise checks.no_cross_attention_error()
             y, _, cross_att = self.crossattention(
-                self.ln_cross_attn(x), None, None, encoder_key_ok, encoder_hidden_states, deterministic
+                self.ln_cross_attn(x), None, None, encoder_key_ok, encoder_hidden_states, deterministic, head_mask
             )
             x = x + y
         x = x + self.mlp(self.ln_2(x), deterministic)
         return x, present, att, cross_att
 
 
+def _flax4_call(method: Any) -> Any:
+    """Add transformers 4.x Flax's call arguments to a model's `__call__`: `params=` (a pure function of that
+    pytree, for `jax.jit` / `jax.grad`), `dropout_rng=` (a key: dropout draws from it) and `train=` (dropout on for
+    this call; `None` follows `model.train()` / `model.eval()`)."""
+
+    @functools.wraps(method)
+    def __call__(
+        self: "FlaxGPT2PreTrainedModel",
+        *args: Any,
+        params: Any = None,
+        dropout_rng: jax.Array | None = None,
+        train: bool | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        if train is not None:
+            if kwargs.get("deterministic") is not None:
+                raise ValueError(
+                    "train and deterministic say the same thing twice. "
+                    f"Received: train={train!r}, deterministic={kwargs['deterministic']!r}. Pass one of them."
+                )
+            kwargs["deterministic"] = not train
+        if params is None and dropout_rng is None:
+            return method(self, *args, **kwargs)
+        if params is not None and dropout_rng is None and kwargs.get("deterministic") is False and self._has_dropout():
+            raise ValueError(
+                "Dropout in a call with params= needs its key: the call is a pure function of its arguments. "
+                "Received: train=True, dropout_rng=None. Pass dropout_rng=jax.random.key(...) (a new one per step)."
+            )
+        return method(self._functional_copy(params, dropout_rng), *args, **kwargs)
+
+    signature = inspect.signature(method)
+    extra = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+        for name, default, annotation in (("params", None, Any), ("dropout_rng", None, "jax.Array | None"),
+                                          ("train", None, "bool | None"))
+    ]
+    __call__.__signature__ = signature.replace(parameters=[*signature.parameters.values(), *extra])
+    return __call__
+
+
+def _flatten_params(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """A params pytree (nested dicts with str or int keys, or an `nnx.State`) -> {dotted path: array}."""
+    if isinstance(tree, nnx.State):
+        tree = nnx.to_pure_dict(tree)
+    if isinstance(tree, nnx.Variable):
+        return {prefix: tree.get_value()}
+    if not isinstance(tree, Mapping):
+        return {prefix: tree}
+    flat = {}
+    for key, value in tree.items():
+        flat.update(_flatten_params(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def _str_keys(tree: Any) -> Any:
+    # nnx.List indices are ints; transformers 4.x's params (and orbax) spell them as strings: "h": {"0": ...}
+    if isinstance(tree, Mapping):
+        return {str(k): _str_keys(v) for k, v in tree.items()}
+    return tree
+
+
+def _cast_floating(params: Any, dtype: Any, mask: Any = None) -> Any:
+    """transformers 4.x `FlaxPreTrainedModel._cast_floating_to`: floating leaves (where `mask` is True) to `dtype`."""
+
+    def cast(x: Any, keep: bool = True) -> Any:
+        x = jnp.asarray(x)
+        return x.astype(dtype) if keep and jnp.issubdtype(x.dtype, jnp.floating) else x
+
+    return jax.tree.map(cast, params) if mask is None else jax.tree.map(cast, params, mask)
+
+
 class FlaxGPT2PreTrainedModel(nnx.Module):
-    """Shared loading, saving and initialisation of every GPT-2 class.
+    """Shared loading, saving and initialisation of every GPT-2 class, and transformers 4.x Flax's interface.
 
     Models are built in eval mode (dropout off), as transformers' Flax models ran by default; `model.train()`
     turns dropout on (drawing from the `dropout` stream of the `rngs` given at construction) and `model.eval()`
-    off again, or pass `deterministic=` to one call.
+    off again, or pass `deterministic=` (or 4.x's `train=`) to one call.
+
+    transformers 4.x Flax (`model(ids, params=params, dropout_rng=key, train=True)`): `model.params` is a plain
+    pytree of the parameters (nested dicts, the module paths: `{"transformer": {"wte": {"embedding": ...}, "h":
+    {"0": {"attn": {"c_attn": {"kernel", "bias"}}, ...}}, ...}}`), settable; a call with `params=` uses that pytree
+    instead of the model's own parameters and is a pure function of it, so it can be `jax.jit`-ed and
+    differentiated with `jax.grad`.
 
     Args:
         config: The model config.
     """
 
     head: str = "base"
+    # What transformers' tools read off a model: transformers' values.
+    main_input_name = "input_ids"
+    base_model_prefix = "transformer"
+    supports_gradient_checkpointing = True
 
     def __init__(self, config: GPT2Config) -> None:
         if not isinstance(config, GPT2Config):
             raise TypeError(f"config must be a gpt2_core.GPT2Config. Received: type={type(config).__name__}.")
         self.config = config
         # what `generate` starts from (transformers' rule: only models that generate carry one)
-        self.generation_config = GenerationConfig.from_model_config(config) if self.head == "lm" else None
+        self.generation_config = GenerationConfig.from_model_config(config) if self.can_generate() else None
+
+    @classmethod
+    def can_generate(cls) -> bool:
+        """Whether `generate` works on this class (the LM head model)."""
+        return False
 
     # -- parameters through gpt2_core.naming ------------------------------------------------------------------
     def init_weights(self, seed: int | None = None) -> None:
-        """Initialise as transformers does (gpt2_core.reference.init_params); a random seed when None."""
+        """Load exactly `gpt2_core.reference.init_params(config, head, seed)` (the same weights as every framework's
+        `init_weights(seed)`); a random seed when None."""
         if seed is None:
             seed = int(np.random.default_rng().integers(0, 2**31 - 1))
         from gpt2_flax.weights import load_canonical
@@ -335,8 +468,8 @@ class FlaxGPT2PreTrainedModel(nnx.Module):
 
     @classmethod
     def from_config(cls, config: GPT2Config, seed: int | None = None) -> "FlaxGPT2PreTrainedModel":
-        """A model initialised with `gpt2_core.reference.init_params(config, head, seed)` (random seed if None):
-        the same seed gives the same weights in every framework."""
+        """A model holding `gpt2_core.reference.init_params(config, head, seed)` (random seed if None): the same
+        seed gives the same weights in every framework (the constructor draws with jax.random instead)."""
         with reference.skip_init():
             model = cls(config, rngs=default_rngs(seed if seed is not None else 0))
         model.init_weights(seed)
@@ -349,6 +482,7 @@ class FlaxGPT2PreTrainedModel(nnx.Module):
         *,
         config: GPT2Config | None = None,
         dtype: Any = None,
+        param_dtype: Any = None,
         rngs: nnx.Rngs | None = None,
         **hub_kwargs: Any,
     ) -> "FlaxGPT2PreTrainedModel":
@@ -359,13 +493,18 @@ class FlaxGPT2PreTrainedModel(nnx.Module):
         Args:
             pretrained_model_name_or_path: Local directory or Hub id (e.g. `openai-community/gpt2`).
             config: Use this config instead of the checkpoint's `config.json`.
-            dtype: Parameter dtype (`jnp.bfloat16`, `"float16"`, ...; `"auto"`: the checkpoint's); float32 by
-                default.
+            dtype: The computation dtype (`jnp.bfloat16`, `"float16"`, ...; `"auto"`: the checkpoint's), as in
+                transformers 4.x Flax: matmuls and activations run in it, LayerNorm statistics, softmax and losses
+                in float32; the parameters keep `param_dtype`. float32 by default.
+            param_dtype: The parameters' storage dtype (`"auto"`: the checkpoint's); float32 by default (4.x:
+                `model.to_bf16(model.params)`).
             rngs: Dropout randomness (and the init of missing heads); `default_rngs(0)` by default.
             **hub_kwargs: `gpt2_core.hub.HUB_KWARGS` (`revision`, `cache_dir`, `token`, `local_files_only`,
-                `force_download`, `subfolder`), for config.json and the weights alike.
+                `force_download`, `subfolder`), for config.json and the weights alike, and the other arguments of
+                `weights_convert.pretrained.load_pretrained` (config overrides such as `num_labels=3`,
+                `output_loading_info`, `from_pt`, ...).
         """
-        from gpt2_flax.weights import cast_params
+        from gpt2_flax.weights import cast_params, set_compute_dtype
         from weights_convert.pretrained import load_pretrained
 
         rngs = rngs if rngs is not None else default_rngs()
@@ -382,9 +521,12 @@ class FlaxGPT2PreTrainedModel(nnx.Module):
         model.load_canonical(loaded.canonical)
         if model.generation_config is not None:
             model.generation_config = loaded.generation_config
-        dtype = loaded.resolve_dtype(dtype)  # "auto": the checkpoint's dtype
+        param_dtype = loaded.resolve_dtype(param_dtype)  # "auto": the checkpoint's dtype
+        dtype = loaded.resolve_dtype(dtype if dtype is not None else loaded.dtype)  # torch_dtype= also lands here
+        if param_dtype is not None:
+            cast_params(model, param_dtype)
         if dtype is not None:
-            cast_params(model, dtype)
+            set_compute_dtype(model, dtype)
         model.eval()
         if loaded.output_loading_info:
             return model, loaded.loading_info  # transformers' contract for output_loading_info=True
@@ -404,12 +546,260 @@ class FlaxGPT2PreTrainedModel(nnx.Module):
             generation_config=self.generation_config,
         )
 
-    def num_parameters(self) -> int:
-        return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(nnx.state(self, nnx.Param)))
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> Any:
+        """Upload `save_pretrained`'s files to the Hub repo `repo_id` (created if missing), transformers'
+        `push_to_hub`: `commit_message`, `commit_description`, `private`, `token`, `revision`, `create_pr`,
+        `max_shard_size` (`weights_convert.push.push_to_hub`). Returns huggingface_hub's `CommitInfo`."""
+        from weights_convert.push import push_to_hub
+
+        return push_to_hub(self, repo_id, **kwargs)
+
+    def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
+        """Number of parameters, transformers' `num_parameters`.
+
+        Args:
+            only_trainable: Count only trainable parameters (every `nnx.Param` is; accepted for transformers' API).
+            exclude_embeddings: Leave out the `nnx.Embed` tables (`wte`, `wpe`; a tied LM head has no own weight).
+        """
+        embeddings = set()
+        if exclude_embeddings:
+            embeddings = {id(m.embedding) for _, m in nnx.iter_modules(self) if isinstance(m, nnx.Embed)}
+        return sum(
+            int(np.prod(var.get_value().shape))
+            for _, var in nnx.to_flat_state(nnx.state(self, nnx.Param))
+            if id(var) not in embeddings
+        )
 
     @property
     def dtype(self) -> Any:
-        return jax.tree.leaves(nnx.state(self, nnx.Param))[0].dtype
+        """The computation dtype (transformers 4.x Flax's `model.dtype`): `from_pretrained(dtype=)`, else the
+        parameters' dtype."""
+        wte = self.base_model.wte
+        return jnp.dtype(wte.dtype if wte.dtype is not None else wte.embedding.get_value().dtype)
+
+    # -- transformers 4.x Flax: params, pure calls, casts, cache --------------------------------------------
+    @property
+    def params(self) -> dict[str, Any]:
+        """The parameters as a plain pytree of nested dicts (transformers 4.x Flax's `model.params`): the module
+        paths, `{"transformer": {"wte": {"embedding"}, "wpe": ..., "h": {"0": {"ln_1": {"scale", "bias"}, "attn":
+        {"c_attn": {"kernel", "bias"}, "c_proj": ...}, "ln_2": ..., "mlp": {"c_fc", "c_proj"}}}, "ln_f": ...}}`
+        (`FlaxGPT2Model`: without the `"transformer"` level). Kernels are `[in, out]` (4.x's `FlaxConv1D` stored
+        `[out, in]`). The arrays are the model's (JAX arrays are immutable: changing the model later does not change
+        this tree). Assigning a tree of the same structure and shapes (any float dtype) replaces the parameters."""
+        return _str_keys(nnx.to_pure_dict(nnx.state(self, nnx.Param)))
+
+    @params.setter
+    def params(self, params: Any) -> None:
+        nnx.update(self, self._param_state(params))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # nnx's attribute check would take `model.params = tree` for a new (data) attribute: use the setter
+        if name == "params":
+            type(self).params.fset(self, value)
+            return
+        super().__setattr__(name, value)
+
+    def _param_state(self, params: Any) -> nnx.State:
+        """`params` (a pytree as `model.params`, int or str list keys, or an `nnx.State`) as new `nnx.Param`
+        Variables of this model's structure; every path present, every shape checked."""
+        flat = nnx.to_flat_state(nnx.state(self, nnx.Param))
+        want = {".".join(str(p) for p in path): (path, var) for path, var in flat}
+        given = _flatten_params(params)
+        missing = sorted(set(want) - set(given))
+        unexpected = sorted(set(given) - set(want))
+        mismatched = [
+            f"{key}: {tuple(jnp.shape(given[key]))} instead of {tuple(var.get_value().shape)}"
+            for key, (_, var) in want.items()
+            if key in given and tuple(jnp.shape(given[key])) != tuple(var.get_value().shape)
+        ]
+        if missing or unexpected or mismatched:
+            raise ValueError(
+                f"params do not fit {type(self).__name__}. Received: missing={missing[:10]}, "
+                f"unexpected={unexpected[:10]}, mismatched shapes={mismatched[:10]}. Pass a tree shaped like "
+                "model.params (resize_token_embeddings changes the vocabulary size)."
+            )
+        return nnx.from_flat_state([(path, var.replace(given[key])) for key, (path, var) in want.items()])
+
+    def _functional_copy(self, params: Any, dropout_rng: jax.Array | None) -> "FlaxGPT2PreTrainedModel":
+        """A new module (`nnx.merge`) holding `params` (else copies of this model's parameters) and, with
+        `dropout_rng`, dropout streams reseeded from it: nothing of `self` is read as mutable state or changed."""
+        graphdef, param_state, rest = nnx.split(self, nnx.Param, ...)
+        param_state = self._param_state(params) if params is not None else jax.tree.map(lambda v: v, param_state)
+        model = nnx.merge(graphdef, param_state, jax.tree.map(lambda v: v, rest))  # new Variables (jit-safe)
+        if dropout_rng is not None:
+            nnx.reseed(model, dropout=dropout_rng)  # one key per dropout layer, split from dropout_rng
+        return model
+
+    def _has_dropout(self) -> bool:
+        return any(isinstance(m, nnx.Dropout) and m.rate > 0 for _, m in nnx.iter_modules(self))
+
+    def to_bf16(self, params: Any = None, mask: Any = None) -> Any:
+        """transformers 4.x Flax: `params` (default `model.params`) with floating leaves cast to bfloat16 (only
+        where `mask`, a pytree of bools of the same structure, is True). Returns the new tree; assign it to
+        `model.params` (or pass it as `params=`) to use it."""
+        return _cast_floating(self.params if params is None else params, jnp.bfloat16, mask)
+
+    def to_fp16(self, params: Any = None, mask: Any = None) -> Any:
+        """As `to_bf16`, to float16."""
+        return _cast_floating(self.params if params is None else params, jnp.float16, mask)
+
+    def to_fp32(self, params: Any = None, mask: Any = None) -> Any:
+        """As `to_bf16`, to float32."""
+        return _cast_floating(self.params if params is None else params, jnp.float32, mask)
+
+    def init_cache(self, batch_size: int, max_length: int) -> KVCache:
+        """An empty `KVCache` of `max_length` slots in the computation dtype, for `past_key_values=`
+        (transformers 4.x Flax's `init_cache`; 4.x returned its flax `cache` collection dict instead)."""
+        return KVCache.init(self.config, batch_size, max_length, self.dtype)
+
+    # -- transformers' embedding accessors and resizing ---------------------------------------------------------
+    @property
+    def base_model(self) -> "FlaxGPT2Model":
+        """The `FlaxGPT2Model` body (the model itself for `FlaxGPT2Model`)."""
+        return getattr(self, self.base_model_prefix, self)
+
+    def get_input_embeddings(self) -> nnx.Embed:
+        return self.base_model.wte
+
+    def set_input_embeddings(self, value: nnx.Embed) -> None:
+        if not isinstance(value, nnx.Embed) or value.features != self.config.n_embd:
+            raise ValueError(
+                f"The input embedding must be an nnx.Embed of n_embd={self.config.n_embd} features. Received: "
+                f"value={type(value).__name__}{'' if not isinstance(value, nnx.Embed) else f'(features={value.features})'}. "
+                "Build nnx.Embed(num_embeddings, config.n_embd, rngs=...)."
+            )
+        self.base_model.wte = value
+        self.config.vocab_size = value.num_embeddings  # the tied head follows wte
+
+    def get_output_embeddings(self) -> nnx.Linear | nnx.Embed | None:
+        """The LM head: `lm_head` when untied, the tied `wte` (its `embedding` is the head's weight) when tied,
+        `None` for models without an LM head."""
+        if self.head not in ("lm", "double"):
+            return None
+        return getattr(self, "lm_head", None) or self.base_model.wte
+
+    def resize_token_embeddings(
+        self,
+        new_num_tokens: int | None = None,
+        pad_to_multiple_of: int | None = None,
+        mean_resizing: bool = True,
+        *,
+        rngs: nnx.Rngs | None = None,
+    ) -> nnx.Embed:
+        """Grow or shrink the token embedding (and an untied LM head) to `new_num_tokens` rows; transformers v5's
+        rule, as `gpt2_torch`'s `resize_token_embeddings`.
+
+        Rows are kept or dropped at the end. New rows are drawn from a normal with the old rows' mean and `1e-9`
+        times their covariance (`mean_resizing=True`, transformers' default; exactly the mean when that covariance
+        is not positive definite, e.g. fewer rows than `n_embd`), or from `normal(0, initializer_range)`. The tied
+        head follows `wte`, and `config.vocab_size` is updated. `model.params` changes shape: rebuild optimizer
+        states made before.
+
+        Args:
+            new_num_tokens: Rows wanted, e.g. `len(tokenizer)` after `add_special_tokens`; `None` keeps the size.
+            pad_to_multiple_of: Round the row count up to a multiple of this.
+            mean_resizing: The mean/covariance rule above (True) or the plain normal init (False).
+            rngs: Draws the new rows (`params` stream); `nnx.Rngs(0)` by default (torch draws from its global RNG).
+
+        Returns:
+            The input embedding module.
+        """
+        if pad_to_multiple_of is not None:
+            if not _positive_int(pad_to_multiple_of):
+                raise ValueError(
+                    "pad_to_multiple_of must be a positive integer. "
+                    f"Received: pad_to_multiple_of={pad_to_multiple_of!r}. Pass e.g. 64, or None."
+                )
+            if new_num_tokens is None:
+                new_num_tokens = self.get_input_embeddings().num_embeddings
+            new_num_tokens = -(-new_num_tokens // pad_to_multiple_of) * pad_to_multiple_of
+        if new_num_tokens is None:
+            return self.get_input_embeddings()
+        if not _positive_int(new_num_tokens):
+            raise ValueError(
+                f"new_num_tokens must be a positive integer. Received: new_num_tokens={new_num_tokens!r}. "
+                "Pass the tokenizer's length, len(tokenizer)."
+            )
+        rngs = rngs if rngs is not None else nnx.Rngs(0)
+        std = self.config.initializer_range
+        wte = self.get_input_embeddings()
+        old = wte.embedding.get_value()  # (V, C)
+        if old.shape[0] != new_num_tokens:
+            wte.embedding.set_value(_resized_rows(old, new_num_tokens, mean_resizing, std, rngs.params()))
+            wte.num_embeddings = new_num_tokens
+        lm_head = getattr(self, "lm_head", None)  # untied: kernel (C, V)
+        if lm_head is not None and lm_head.kernel.get_value().shape[1] != new_num_tokens:
+            kernel = lm_head.kernel.get_value()
+            lm_head.kernel.set_value(_resized_rows(kernel.T, new_num_tokens, mean_resizing, std, rngs.params()).T)
+            lm_head.out_features = new_num_tokens
+        self.config.vocab_size = new_num_tokens
+        return wte
+
+    # -- gradient (activation) checkpointing --------------------------------------------------------------------
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict[str, Any] | None = None) -> None:
+        """Recompute each block's activations in the backward pass instead of keeping them (`nnx.remat`, i.e.
+        `jax.checkpoint`, per `FlaxGPT2Block`): same loss and gradients, less memory, one more forward per block.
+        Calls without a `past_key_values` then build no cache (`use_cache` is turned off, logged once), as
+        transformers does in training; JAX has no training flag to tell a training call from an evaluation, so
+        disable it for cached evaluation, or pass a `KVCache`.
+
+        Args:
+            gradient_checkpointing_kwargs: `{"policy": jax.checkpoint_policies...}` (what to save instead of
+                recompute); torch's `use_reentrant` is accepted and ignored.
+        """
+        kwargs = dict(gradient_checkpointing_kwargs or {})
+        kwargs.pop("use_reentrant", None)
+        unknown = sorted(set(kwargs) - {"policy"})
+        if unknown:
+            raise ValueError(
+                f"Unknown gradient_checkpointing_kwargs. Received: {unknown}. gpt2_flax takes only 'policy' "
+                "(a jax.checkpoint_policies function)."
+            )
+        self.base_model.gradient_checkpointing = True
+        self.base_model.checkpoint_policy = kwargs.get("policy")
+
+    def gradient_checkpointing_disable(self) -> None:
+        self.base_model.gradient_checkpointing = False
+
+    def enable_gradient_checkpointing(self) -> None:
+        """transformers 4.x Flax's name of `gradient_checkpointing_enable`."""
+        self.gradient_checkpointing_enable()
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return bool(self.base_model.gradient_checkpointing)
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _resized_rows(old: jax.Array, n: int, mean_resizing: bool, std: float, key: jax.Array) -> jax.Array:
+    """transformers v5 `_get_resized_embeddings` on a (V, C) table: the first min(V, n) rows kept, new rows
+    ~ N(mean, 1e-9 * covariance) of the old rows (`_init_added_embeddings_weights_with_mean`; the mean where that
+    covariance is not positive definite; https://nlp.stanford.edu/~johnhew/vocab-expansion.html) or
+    N(0, std) without `mean_resizing`."""
+    old_n, C = old.shape
+    if n <= old_n:
+        return old[:n]
+    added = n - old_n
+    if not mean_resizing:
+        rows = std * jax.random.normal(key, (added, C), jnp.float32)
+    else:
+        w = np.asarray(old, np.float32)
+        mean = w.mean(axis=0)
+        centered = w - mean
+        covariance = 1e-9 * (centered.T @ centered / old_n)  # (C, C)
+        try:
+            np.linalg.cholesky(covariance)
+            positive_definite = True
+        except np.linalg.LinAlgError:
+            positive_definite = False
+        if positive_definite:
+            rows = jax.random.multivariate_normal(key, jnp.asarray(mean), jnp.asarray(covariance), (added,))
+        else:
+            rows = jnp.broadcast_to(jnp.asarray(mean), (added, C))
+    return jnp.concatenate([old, rows.astype(old.dtype)], axis=0)
 
 
 class FlaxGPT2Model(FlaxGPT2PreTrainedModel):
@@ -417,7 +807,8 @@ class FlaxGPT2Model(FlaxGPT2PreTrainedModel):
 
     Args:
         config: The model config.
-        rngs: Randomness: the seed of the reference init (`params` stream) and dropout; `default_rngs(0)` by default.
+        rngs: Randomness: the initial weights (`params` stream, transformers' init rule) and dropout; `default_rngs(0)`
+            by default.
     """
 
     head = "base"
@@ -425,17 +816,19 @@ class FlaxGPT2Model(FlaxGPT2PreTrainedModel):
     def __init__(self, config: GPT2Config, *, rngs: nnx.Rngs | None = None) -> None:
         super().__init__(config)
         rngs = rngs if rngs is not None else default_rngs()
-        self.wte = nnx.Embed(config.vocab_size, config.n_embd, embedding_init=_ZEROS, rngs=rngs)
-        self.wpe = nnx.Embed(config.n_positions, config.n_embd, embedding_init=_ZEROS, rngs=rngs)
+        std = config.initializer_range
+        self.wte = nnx.Embed(config.vocab_size, config.n_embd, embedding_init=_normal(std), rngs=rngs)
+        self.wpe = nnx.Embed(config.n_positions, config.n_embd, embedding_init=_normal(std), rngs=rngs)
         self.drop = _dropout(config.embd_pdrop, rngs)
         self.h = nnx.List([FlaxGPT2Block(config, i, rngs=rngs) for i in range(config.n_layer)])
         self.ln_f = _layer_norm(config, rngs)
-        if type(self) is FlaxGPT2Model and not reference.init_skipped():
-            self.init_weights(_seed_from(rngs))
+        self.gradient_checkpointing = False  # gradient_checkpointing_enable(): nnx.remat per block
+        self.checkpoint_policy = None
 
     def get_input_embeddings(self) -> nnx.Embed:
         return self.wte
 
+    @_flax4_call
     def __call__(
         self,
         input_ids: jax.Array | None = None,
@@ -450,13 +843,27 @@ class FlaxGPT2Model(FlaxGPT2PreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        head_mask: jax.Array | None = None,
         deterministic: bool | None = None,
     ) -> BaseModelOutputWithPastAndCrossAttentions:
         """transformers' GPT2Model arguments. `past_key_values` is transformers' tuple (returned as a tuple when
-        `use_cache`) or a `KVCache` (always returned as the advanced `KVCache`; its mask covers `length + T` columns,
-        or the whole buffer). `return_dict=False` returns `to_tuple()`."""
+        `use_cache`) or a `KVCache` (always returned as the advanced `KVCache`, whatever `use_cache` says; its mask
+        covers `length + T` columns, or the whole buffer). `use_cache`, `output_attentions`,
+        `output_hidden_states` and `return_dict` left at `None` follow the config; `return_dict=False` returns
+        `to_tuple()`. `head_mask`: `(n_head,)` for every layer or `(n_layer, n_head)`, multiplies each head's
+        attention probabilities (transformers 4.x). transformers 4.x Flax's `params=`, `dropout_rng=` and `train=`:
+        see `FlaxGPT2PreTrainedModel.params`."""
         config = self.config
         use_cache = config.use_cache if use_cache is None else use_cache
+        if output_attentions is None:
+            output_attentions = bool(getattr(config, "output_attentions", False))
+        if output_hidden_states is None:
+            output_hidden_states = bool(getattr(config, "output_hidden_states", False))
+        checkpointing = self.gradient_checkpointing and past_key_values is None
+        if checkpointing and use_cache:
+            # transformers' rule: a cache built in a recomputed forward would be written twice
+            _warn_once("use_cache=True is incompatible with gradient checkpointing. Setting use_cache=False.")
+            use_cache = False
         input_ids, attention_mask, token_type_ids, position_ids = (
             _as_array(input_ids), _as_array(attention_mask), _as_array(token_type_ids), _as_array(position_ids)
         )
@@ -537,14 +944,21 @@ class FlaxGPT2Model(FlaxGPT2PreTrainedModel):
         if encoder_hidden_states is not None and encoder_attention_mask is not None:
             encoder_key_ok = (encoder_attention_mask != 0)[:, None, None, :]  # (B, 1, 1, S_enc)
 
+        head_masks = _layer_head_masks(head_mask, config, x.dtype)
         presents = []
         all_hidden = [x] if output_hidden_states else None
         all_att = [] if output_attentions else None
         all_cross = [] if (output_attentions and encoder_hidden_states is not None) else None
-        for block in self.h:
-            x, present, att, cross_att = block(
-                x, cache, causal, key_ok, encoder_hidden_states, encoder_key_ok, deterministic
-            )
+        for i, block in enumerate(self.h):
+            if checkpointing:
+                x, present, att, cross_att = _remat_block(
+                    block, x, causal, key_ok, encoder_hidden_states, encoder_key_ok, deterministic, head_masks[i],
+                    self.checkpoint_policy,
+                )
+            else:
+                x, present, att, cross_att = block(
+                    x, cache, causal, key_ok, encoder_hidden_states, encoder_key_ok, deterministic, head_masks[i]
+                )
             presents.append(present)
             if output_attentions:
                 all_att.append(att)
@@ -572,7 +986,36 @@ class FlaxGPT2Model(FlaxGPT2PreTrainedModel):
             attentions=tuple(all_att) if output_attentions else None,
             cross_attentions=tuple(all_cross) if all_cross is not None else None,
         )
-        return _as_return(out, return_dict)
+        return _as_return(out, return_dict, config)
+
+
+def _remat_block(
+    block: FlaxGPT2Block,
+    x: jax.Array,
+    causal: jax.Array,
+    key_ok: jax.Array | None,
+    encoder_hidden_states: jax.Array | None,
+    encoder_key_ok: jax.Array | None,
+    deterministic: bool | None,
+    head_mask: jax.Array | None,
+    policy: Any = None,
+) -> tuple[jax.Array, Any, jax.Array, jax.Array | None]:
+    """One block under `nnx.remat` (jax.checkpoint): its activations are recomputed in the backward pass instead of
+    kept. No cache (gradient checkpointing turns it off); `deterministic` is a Python value, so it is closed over."""
+
+    def run(block, x, causal, key_ok, encoder_hidden_states, encoder_key_ok, head_mask):
+        return block(x, None, causal, key_ok, encoder_hidden_states, encoder_key_ok, deterministic, head_mask)
+
+    return nnx.remat(run, policy=policy)(block, x, causal, key_ok, encoder_hidden_states, encoder_key_ok, head_mask)
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _WARNED:
+        _WARNED.add(message)
+        logger.warning(message)
 
 
 class FlaxGPT2LMHeadModel(FlaxGPT2PreTrainedModel):
@@ -580,7 +1023,8 @@ class FlaxGPT2LMHeadModel(FlaxGPT2PreTrainedModel):
 
     Args:
         config: The model config.
-        rngs: Randomness: the seed of the reference init (`params` stream) and dropout; `default_rngs(0)` by default.
+        rngs: Randomness: the initial weights (`params` stream, transformers' init rule) and dropout; `default_rngs(0)`
+            by default.
     """
 
     head = "lm"
@@ -591,9 +1035,11 @@ class FlaxGPT2LMHeadModel(FlaxGPT2PreTrainedModel):
         self.transformer = FlaxGPT2Model(config, rngs=rngs)
         # Tied: the logits use wte's embedding (JAX parameters cannot alias), so there is no lm_head parameter.
         if not config.tie_word_embeddings:
-            self.lm_head = _linear(config.n_embd, config.vocab_size, rngs, use_bias=False)
-        if not reference.init_skipped():
-            self.init_weights(_seed_from(rngs))
+            self.lm_head = _linear(config.n_embd, config.vocab_size, rngs, use_bias=False, std=config.initializer_range)
+
+    @classmethod
+    def can_generate(cls) -> bool:
+        return True
 
     def lm_logits(self, x: jax.Array) -> jax.Array:
         """(..., C) hidden states -> (..., V) logits, through `lm_head` or the tied `wte` (x @ E^T)."""
@@ -601,6 +1047,7 @@ class FlaxGPT2LMHeadModel(FlaxGPT2PreTrainedModel):
             return self.transformer.wte.attend(x)
         return self.lm_head(x)
 
+    @_flax4_call
     def __call__(
         self,
         input_ids: jax.Array | None = None,
@@ -616,6 +1063,7 @@ class FlaxGPT2LMHeadModel(FlaxGPT2PreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        head_mask: jax.Array | None = None,
         deterministic: bool | None = None,
     ) -> CausalLMOutputWithCrossAttentions:
         out = self.transformer(
@@ -630,6 +1078,7 @@ class FlaxGPT2LMHeadModel(FlaxGPT2PreTrainedModel):
             use_cache=use_cache,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
+            head_mask=head_mask,
             deterministic=deterministic,
         )
         logits = self.lm_logits(out.last_hidden_state)  # (B, T, V)
@@ -644,7 +1093,7 @@ class FlaxGPT2LMHeadModel(FlaxGPT2PreTrainedModel):
             attentions=out.attentions,
             cross_attentions=out.cross_attentions,
         )
-        return _as_return(output, return_dict)
+        return _as_return(output, return_dict, self.config)
 
     def generate(
         self, input_ids: jax.Array, attention_mask: jax.Array | None = None,
@@ -652,9 +1101,13 @@ class FlaxGPT2LMHeadModel(FlaxGPT2PreTrainedModel):
     ) -> Any:
         """Compiled cached decoding (greedy, sampling, beam search), transformers' `generate`; returns a
         `GenerateDecoderOnlyOutput` / `GenerateBeamDecoderOnlyOutput` of jax arrays (use `.sequences`). See
-        `gpt2_flax.generation.generate` for the arguments."""
+        `gpt2_flax.generation.generate` for the arguments; `params=` also takes a `model.params`-shaped tree
+        (transformers 4.x Flax)."""
         from gpt2_flax.generation import generate
 
+        params = kwargs.get("params")
+        if params is not None and not isinstance(params, nnx.State):
+            kwargs["params"] = self._param_state(params)  # a 4.x params tree (model.params) -> the nnx.State
         return generate(self, input_ids, attention_mask, generation_config, **kwargs)
 
 
@@ -686,7 +1139,7 @@ class FlaxGPT2SequenceSummary(nnx.Module):
     def __init__(self, config: GPT2Config, *, rngs: nnx.Rngs) -> None:
         self.summary_type = config.summary_type
         n = 1 if config.summary_proj_to_labels else config.n_embd
-        self.summary = _linear(config.n_embd, n, rngs) if config.summary_use_proj else _identity
+        self.summary = _linear(config.n_embd, n, rngs, std=config.initializer_range) if config.summary_use_proj else _identity
         self.activation = jnp.tanh if config.summary_activation == "tanh" else _identity
         self.first_dropout = _dropout(config.summary_first_dropout, rngs)
 
@@ -719,7 +1172,8 @@ class FlaxGPT2DoubleHeadsModel(FlaxGPT2PreTrainedModel):
     Args:
         config: The model config; as in transformers, the model's copy has `num_labels = 1` (the caller's config is
             not changed).
-        rngs: Randomness: the seed of the reference init (`params` stream) and dropout; `default_rngs(0)` by default.
+        rngs: Randomness: the initial weights (`params` stream, transformers' init rule) and dropout; `default_rngs(0)`
+            by default.
     """
 
     head = "double"
@@ -733,13 +1187,12 @@ class FlaxGPT2DoubleHeadsModel(FlaxGPT2PreTrainedModel):
         rngs = rngs if rngs is not None else default_rngs()
         self.transformer = FlaxGPT2Model(config, rngs=rngs)
         if not config.tie_word_embeddings:
-            self.lm_head = _linear(config.n_embd, config.vocab_size, rngs, use_bias=False)
+            self.lm_head = _linear(config.n_embd, config.vocab_size, rngs, use_bias=False, std=config.initializer_range)
         self.multiple_choice_head = FlaxGPT2SequenceSummary(config, rngs=rngs)
-        if not reference.init_skipped():
-            self.init_weights(_seed_from(rngs))
 
     lm_logits = FlaxGPT2LMHeadModel.lm_logits
 
+    @_flax4_call
     def __call__(
         self,
         input_ids: jax.Array | None = None,
@@ -755,6 +1208,7 @@ class FlaxGPT2DoubleHeadsModel(FlaxGPT2PreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        head_mask: jax.Array | None = None,
         deterministic: bool | None = None,
     ) -> GPT2DoubleHeadsModelOutput:
         out = self.transformer(
@@ -767,6 +1221,7 @@ class FlaxGPT2DoubleHeadsModel(FlaxGPT2PreTrainedModel):
             use_cache=use_cache,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
+            head_mask=head_mask,
             deterministic=deterministic,
         )
         hidden = out.last_hidden_state  # (B, choices, T, C)
@@ -790,7 +1245,7 @@ class FlaxGPT2DoubleHeadsModel(FlaxGPT2PreTrainedModel):
             hidden_states=out.hidden_states,
             attentions=out.attentions,
         )
-        return _as_return(output, return_dict)
+        return _as_return(output, return_dict, self.config)
 
 
 class FlaxGPT2ForSequenceClassification(FlaxGPT2PreTrainedModel):
@@ -798,7 +1253,8 @@ class FlaxGPT2ForSequenceClassification(FlaxGPT2PreTrainedModel):
 
     Args:
         config: The model config (`num_labels`, `pad_token_id`, `problem_type`).
-        rngs: Randomness: the seed of the reference init (`params` stream) and dropout; `default_rngs(0)` by default.
+        rngs: Randomness: the initial weights (`params` stream, transformers' init rule) and dropout; `default_rngs(0)`
+            by default.
     """
 
     head = "seqcls"
@@ -808,10 +1264,9 @@ class FlaxGPT2ForSequenceClassification(FlaxGPT2PreTrainedModel):
         rngs = rngs if rngs is not None else default_rngs()
         self.num_labels = config.num_labels
         self.transformer = FlaxGPT2Model(config, rngs=rngs)
-        self.score = _linear(config.n_embd, config.num_labels, rngs, use_bias=False)
-        if not reference.init_skipped():
-            self.init_weights(_seed_from(rngs))
+        self.score = _linear(config.n_embd, config.num_labels, rngs, use_bias=False, std=config.initializer_range)
 
+    @_flax4_call
     def __call__(
         self,
         input_ids: jax.Array | None = None,
@@ -825,6 +1280,7 @@ class FlaxGPT2ForSequenceClassification(FlaxGPT2PreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        head_mask: jax.Array | None = None,
         deterministic: bool | None = None,
     ) -> SequenceClassifierOutputWithPast:
         out = self.transformer(
@@ -837,6 +1293,7 @@ class FlaxGPT2ForSequenceClassification(FlaxGPT2PreTrainedModel):
             use_cache=use_cache,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
+            head_mask=head_mask,
             deterministic=deterministic,
         )
         logits = self.score(out.last_hidden_state)  # (B, T, L)
@@ -865,7 +1322,7 @@ class FlaxGPT2ForSequenceClassification(FlaxGPT2PreTrainedModel):
             hidden_states=out.hidden_states,
             attentions=out.attentions,
         )
-        return _as_return(output, return_dict)
+        return _as_return(output, return_dict, self.config)
 
 
 def binary_cross_entropy_with_logits(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -883,7 +1340,8 @@ class FlaxGPT2ForTokenClassification(FlaxGPT2PreTrainedModel):
 
     Args:
         config: The model config (`num_labels`, `classifier_dropout`).
-        rngs: Randomness: the seed of the reference init (`params` stream) and dropout; `default_rngs(0)` by default.
+        rngs: Randomness: the initial weights (`params` stream, transformers' init rule) and dropout; `default_rngs(0)`
+            by default.
     """
 
     head = "tokcls"
@@ -895,10 +1353,9 @@ class FlaxGPT2ForTokenClassification(FlaxGPT2PreTrainedModel):
         self.transformer = FlaxGPT2Model(config, rngs=rngs)
         p = config.classifier_dropout if config.classifier_dropout is not None else 0.1
         self.dropout = _dropout(p, rngs)
-        self.classifier = _linear(config.n_embd, config.num_labels, rngs)
-        if not reference.init_skipped():
-            self.init_weights(_seed_from(rngs))
+        self.classifier = _linear(config.n_embd, config.num_labels, rngs, std=config.initializer_range)
 
+    @_flax4_call
     def __call__(
         self,
         input_ids: jax.Array | None = None,
@@ -912,6 +1369,7 @@ class FlaxGPT2ForTokenClassification(FlaxGPT2PreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        head_mask: jax.Array | None = None,
         deterministic: bool | None = None,
     ) -> TokenClassifierOutput:
         out = self.transformer(
@@ -924,6 +1382,7 @@ class FlaxGPT2ForTokenClassification(FlaxGPT2PreTrainedModel):
             use_cache=use_cache,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
+            head_mask=head_mask,
             deterministic=deterministic,
         )
         logits = self.classifier(self.dropout(out.last_hidden_state, deterministic=deterministic))  # (B, T, L)
@@ -934,7 +1393,7 @@ class FlaxGPT2ForTokenClassification(FlaxGPT2PreTrainedModel):
         output = TokenClassifierOutput(
             loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions
         )
-        return _as_return(output, return_dict)
+        return _as_return(output, return_dict, self.config)
 
 
 class FlaxGPT2ForQuestionAnswering(FlaxGPT2PreTrainedModel):
@@ -942,7 +1401,8 @@ class FlaxGPT2ForQuestionAnswering(FlaxGPT2PreTrainedModel):
 
     Args:
         config: The model config.
-        rngs: Randomness: the seed of the reference init (`params` stream) and dropout; `default_rngs(0)` by default.
+        rngs: Randomness: the initial weights (`params` stream, transformers' init rule) and dropout; `default_rngs(0)`
+            by default.
     """
 
     head = "qa"
@@ -951,10 +1411,9 @@ class FlaxGPT2ForQuestionAnswering(FlaxGPT2PreTrainedModel):
         super().__init__(config)
         rngs = rngs if rngs is not None else default_rngs()
         self.transformer = FlaxGPT2Model(config, rngs=rngs)
-        self.qa_outputs = _linear(config.n_embd, 2, rngs)
-        if not reference.init_skipped():
-            self.init_weights(_seed_from(rngs))
+        self.qa_outputs = _linear(config.n_embd, 2, rngs, std=config.initializer_range)
 
+    @_flax4_call
     def __call__(
         self,
         input_ids: jax.Array | None = None,
@@ -967,6 +1426,7 @@ class FlaxGPT2ForQuestionAnswering(FlaxGPT2PreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        head_mask: jax.Array | None = None,
         deterministic: bool | None = None,
     ) -> QuestionAnsweringModelOutput:
         out = self.transformer(
@@ -978,6 +1438,7 @@ class FlaxGPT2ForQuestionAnswering(FlaxGPT2PreTrainedModel):
             use_cache=False,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
+            head_mask=head_mask,
             deterministic=deterministic,
         )
         logits = self.qa_outputs(out.last_hidden_state)  # (B, T, 2)
@@ -997,7 +1458,7 @@ class FlaxGPT2ForQuestionAnswering(FlaxGPT2PreTrainedModel):
             hidden_states=out.hidden_states,
             attentions=out.attentions,
         )
-        return _as_return(output, return_dict)
+        return _as_return(output, return_dict, self.config)
 
 
 MODEL_CLASSES = {

@@ -50,3 +50,16 @@ def cast_params(model, dtype: Any) -> None:
     for _, module in nnx.iter_modules(model):
         if isinstance(module, nnx.Embed):
             module.dtype = module.param_dtype = dtype
+
+
+def set_compute_dtype(model, dtype: Any) -> None:
+    """Run `model` in `dtype` (e.g. `jnp.bfloat16`) whatever its parameters' dtype: transformers 4.x Flax's `dtype`.
+
+    Sets the `dtype` of every `nnx.Linear`, `nnx.Embed` and `nnx.LayerNorm`: they cast their parameters and inputs
+    to it before computing. LayerNorm keeps its mean and variance in float32 (flax's rule, as torch's layer_norm),
+    the attention softmax and the losses run in float32 (gpt2_flax.model).
+    """
+    dtype = jnp.dtype(dtype)
+    for _, module in nnx.iter_modules(model):
+        if isinstance(module, (nnx.Linear, nnx.Embed, nnx.LayerNorm)):
+            module.dtype = dtype
