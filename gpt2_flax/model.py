@@ -199,6 +199,11 @@ def _layer_head_masks(head_mask: Any, config: GPT2Config, dtype: Any) -> list[An
     return list(head_mask.astype(dtype)[:, None, :, None, None])
 
 
+def _fold_leading(x: jax.Array) -> jax.Array:
+    """(..., T) -> (prod(...), T); unlike reshape(-1, T) also for T = 0."""
+    return x.reshape(math.prod(x.shape[:-1]), x.shape[-1])
+
+
 def _as_array(x: Any) -> jax.Array | None:
     # NumPy (or nested lists) in, JAX out; None stays None.
     return None if x is None else jnp.asarray(x)
@@ -869,18 +874,20 @@ class FlaxGPT2Model(FlaxGPT2PreTrainedModel):
         )
         inputs_embeds, encoder_hidden_states = _as_array(inputs_embeds), _as_array(encoder_hidden_states)
         encoder_attention_mask = _as_array(encoder_attention_mask)
+        if input_ids is not None:
+            checks.check_integer_ids(input_ids.dtype, "input_ids")  # known under jit too; a float id would truncate
         # Leading dims beyond batch (the multiple-choice head's choices) fold into the batch, as in transformers.
         lead_shape = None
         if input_ids is not None and input_ids.ndim > 2:
             lead_shape = input_ids.shape[:-1]
-            input_ids = input_ids.reshape(-1, input_ids.shape[-1])
+            input_ids = _fold_leading(input_ids)
         if inputs_embeds is not None and inputs_embeds.ndim > 3:
             lead_shape = inputs_embeds.shape[:-2]
-            inputs_embeds = inputs_embeds.reshape(-1, *inputs_embeds.shape[-2:])
+            inputs_embeds = inputs_embeds.reshape(math.prod(lead_shape), *inputs_embeds.shape[-2:])
         if lead_shape is not None:
-            attention_mask = None if attention_mask is None else attention_mask.reshape(-1, attention_mask.shape[-1])
-            token_type_ids = None if token_type_ids is None else token_type_ids.reshape(-1, token_type_ids.shape[-1])
-            position_ids = None if position_ids is None else position_ids.reshape(-1, position_ids.shape[-1])
+            attention_mask = None if attention_mask is None else _fold_leading(attention_mask)
+            token_type_ids = None if token_type_ids is None else _fold_leading(token_type_ids)
+            position_ids = None if position_ids is None else _fold_leading(position_ids)
         shape = (input_ids if input_ids is not None else inputs_embeds).shape
         B, T = shape[0], (shape[1] if len(shape) > 1 else 0)
         preallocated = isinstance(past_key_values, KVCache)

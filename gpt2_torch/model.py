@@ -686,7 +686,7 @@ class GPT2Model(GPT2PreTrainedModel):
             input_ids = _fold_leading(input_ids)
         if inputs_embeds is not None and inputs_embeds.dim() > 3:
             lead_shape = inputs_embeds.shape[:-2]
-            inputs_embeds = inputs_embeds.reshape(-1, *inputs_embeds.shape[-2:])
+            inputs_embeds = inputs_embeds.reshape(math.prod(lead_shape), *inputs_embeds.shape[-2:])
         if lead_shape is not None:
             attention_mask = None if attention_mask is None else _fold_leading(attention_mask)
             token_type_ids = None if token_type_ids is None else _fold_leading(token_type_ids)
