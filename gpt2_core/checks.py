@@ -5,7 +5,7 @@ Each check takes plain shapes and (where the values are known, i.e. outside a co
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -258,3 +258,39 @@ def check_integer_ids(dtype: np.dtype | type | str, name: str = "input_ids") -> 
             f"{name} must hold integer token ids. Received: {name}.dtype={dtype.name}. Cast them to an integer "
             "type (e.g. int32), or pass vectors as inputs_embeds."
         )
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1
+
+
+def resize_row_count(new_num_tokens: int | None, pad_to_multiple_of: int | None, current: int) -> int | None:
+    """The row count `resize_token_embeddings(new_num_tokens, pad_to_multiple_of)` resizes to (transformers' rule:
+    round up to the multiple; `new_num_tokens=None` with a multiple rounds the current size), or None: keep.
+
+    Args:
+        new_num_tokens: Rows asked for, e.g. `len(tokenizer)`; None keeps the size (unless rounding).
+        pad_to_multiple_of: Round up to a multiple of this, or None.
+        current: The embedding's current row count.
+
+    Raises:
+        ValueError: Either argument is not a positive integer.
+    """
+    if pad_to_multiple_of is not None:
+        if not _positive_int(pad_to_multiple_of):
+            raise ValueError(
+                "pad_to_multiple_of must be a positive integer. "
+                f"Received: pad_to_multiple_of={pad_to_multiple_of!r}. Pass e.g. 64, or None."
+            )
+        if new_num_tokens is None:
+            new_num_tokens = current
+        if _positive_int(new_num_tokens):
+            new_num_tokens = -(-int(new_num_tokens) // int(pad_to_multiple_of)) * int(pad_to_multiple_of)
+    if new_num_tokens is None:
+        return None
+    if not _positive_int(new_num_tokens):
+        raise ValueError(
+            f"new_num_tokens must be a positive integer. Received: new_num_tokens={new_num_tokens!r}. "
+            "Pass the tokenizer's length, len(tokenizer)."
+        )
+    return int(new_num_tokens)

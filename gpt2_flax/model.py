@@ -709,22 +709,9 @@ class FlaxGPT2PreTrainedModel(nnx.Module):
         Returns:
             The input embedding module.
         """
-        if pad_to_multiple_of is not None:
-            if not _positive_int(pad_to_multiple_of):
-                raise ValueError(
-                    "pad_to_multiple_of must be a positive integer. "
-                    f"Received: pad_to_multiple_of={pad_to_multiple_of!r}. Pass e.g. 64, or None."
-                )
-            if new_num_tokens is None:
-                new_num_tokens = self.get_input_embeddings().num_embeddings
-            new_num_tokens = -(-new_num_tokens // pad_to_multiple_of) * pad_to_multiple_of
+        new_num_tokens = checks.resize_row_count(new_num_tokens, pad_to_multiple_of, self.get_input_embeddings().num_embeddings)
         if new_num_tokens is None:
             return self.get_input_embeddings()
-        if not _positive_int(new_num_tokens):
-            raise ValueError(
-                f"new_num_tokens must be a positive integer. Received: new_num_tokens={new_num_tokens!r}. "
-                "Pass the tokenizer's length, len(tokenizer)."
-            )
         rngs = rngs if rngs is not None else nnx.Rngs(0)
         std = self.config.initializer_range
         wte = self.get_input_embeddings()
@@ -773,10 +760,6 @@ class FlaxGPT2PreTrainedModel(nnx.Module):
     @property
     def is_gradient_checkpointing(self) -> bool:
         return bool(self.base_model.gradient_checkpointing)
-
-
-def _positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def _resized_rows(old: jax.Array, n: int, mean_resizing: bool, std: float, key: jax.Array) -> jax.Array:

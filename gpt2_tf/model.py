@@ -839,22 +839,9 @@ class TFGPT2PreTrainedModel(keras.Model):
         Returns:
             The input embedding layer.
         """
-        if pad_to_multiple_of is not None:
-            if not _positive_int(pad_to_multiple_of):
-                raise ValueError(
-                    "pad_to_multiple_of must be a positive integer. "
-                    f"Received: pad_to_multiple_of={pad_to_multiple_of!r}. Pass e.g. 64, or None."
-                )
-            if new_num_tokens is None:
-                new_num_tokens = int(self.get_input_embeddings().embeddings.shape[0])
-            new_num_tokens = -(-new_num_tokens // pad_to_multiple_of) * pad_to_multiple_of
+        new_num_tokens = checks.resize_row_count(new_num_tokens, pad_to_multiple_of, int(self.get_input_embeddings().embeddings.shape[0]))
         if new_num_tokens is None:
             return self.get_input_embeddings()
-        if not _positive_int(new_num_tokens):
-            raise ValueError(
-                f"new_num_tokens must be a positive integer. Received: new_num_tokens={new_num_tokens!r}. "
-                "Pass the tokenizer's length, len(tokenizer)."
-            )
         std = self.config.initializer_range
         rng = np.random.default_rng(int(np.random.randint(0, 2**31 - 1)))
         wte = self.get_input_embeddings()

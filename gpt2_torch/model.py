@@ -500,22 +500,9 @@ class GPT2PreTrainedModel(nn.Module):
         Returns:
             The input embedding module.
         """
-        if pad_to_multiple_of is not None:
-            if not _positive_int(pad_to_multiple_of):
-                raise ValueError(
-                    "pad_to_multiple_of must be a positive integer. "
-                    f"Received: pad_to_multiple_of={pad_to_multiple_of!r}. Pass e.g. 64, or None."
-                )
-            if new_num_tokens is None:
-                new_num_tokens = self.get_input_embeddings().num_embeddings
-            new_num_tokens = -(-new_num_tokens // pad_to_multiple_of) * pad_to_multiple_of
+        new_num_tokens = checks.resize_row_count(new_num_tokens, pad_to_multiple_of, self.get_input_embeddings().num_embeddings)
         if new_num_tokens is None:
             return self.get_input_embeddings()
-        if not _positive_int(new_num_tokens):
-            raise ValueError(
-                f"new_num_tokens must be a positive integer. Received: new_num_tokens={new_num_tokens!r}. "
-                "Pass the tokenizer's length, len(tokenizer)."
-            )
         std = self.config.initializer_range
         wte = self.get_input_embeddings()
         new_wte = _resized_embedding(wte, new_num_tokens, mean_resizing, std)
