@@ -393,3 +393,16 @@ def test_generic_config_fields_set_as_attributes_are_written_and_typed():
     assert again.output_hidden_states is True and again.return_dict is False
     with pytest.raises(ValueError, match="output_attentions"):
         config.output_attentions = "yes"
+
+
+def test_resize_row_count_follows_transformers_rounding():
+    """transformers' resize_token_embeddings: round up to pad_to_multiple_of (the current size when no count)."""
+    from gpt2_core.checks import resize_row_count
+
+    assert resize_row_count(None, None, 10) is None
+    assert resize_row_count(12, None, 10) == 12
+    assert resize_row_count(11, 8, 10) == 16 and resize_row_count(16, 8, 10) == 16
+    assert resize_row_count(None, 8, 10) == 16
+    for bad in ((0, None), (None, 0), ("3", None), (True, None), (5, 2.5)):
+        with pytest.raises(ValueError, match="positive integer"):
+            resize_row_count(*bad, 10)
