@@ -899,7 +899,7 @@ class FlaxGPT2Model(FlaxGPT2PreTrainedModel):
             cache_max_length=past_key_values.max_length if preallocated else None,
         )
         if inputs_embeds is None:
-            inputs_embeds = self.wte(input_ids)  # (B, T, C)
+            inputs_embeds = self.wte(nan_if_negative(input_ids, config.vocab_size))  # (B, T, C)
         T = inputs_embeds.shape[1]
         S = past_key_values.max_length if preallocated else P + T
         if attention_mask is not None and attention_mask.shape[-1] < S:
@@ -911,10 +911,10 @@ class FlaxGPT2Model(FlaxGPT2PreTrainedModel):
                 position_ids = position_ids_from_attention_mask(attention_mask, T, P)
             else:
                 position_ids = (P + jnp.arange(T))[None, :]
-        x = inputs_embeds + self.wpe(position_ids)
+        x = inputs_embeds + self.wpe(nan_if_negative(position_ids, config.n_positions))
         if token_type_ids is not None:
             checks.check_index_range(_host(token_type_ids), config.vocab_size, "token_type_ids", "vocab_size")
-            x = x + self.wte(token_type_ids)
+            x = x + self.wte(nan_if_negative(token_type_ids, config.vocab_size))
         x = self.drop(x, deterministic=deterministic)
 
         # One attention path: with a cache, every layer writes its k, v into a KVCache and attends over its buffer.
@@ -1101,13 +1101,22 @@ class FlaxGPT2LMHeadModel(FlaxGPT2PreTrainedModel):
         return generate(self, input_ids, attention_mask, generation_config, **kwargs)
 
 
+def nan_if_negative(index: jax.Array, size: int) -> jax.Array:
+    """Negative indices -> `size`, which JAX's gathers ("fill" mode) read as NaN, like indices >= size. Inside a
+    user's jit nothing can raise, and a negative index would otherwise wrap to a plausible, wrong row (issue: a
+    label -1 giving the finite loss of label V-1); eagerly the checks raise before this."""
+    index = jnp.asarray(index)
+    return jnp.where(index < 0, size, index)
+
+
 def cross_entropy(logits: jax.Array, labels: jax.Array, ignore_index: int = reference.IGNORE_INDEX) -> jax.Array:
     """torch.nn.functional.cross_entropy: mean over labels != ignore_index (NaN when none), in float32."""
     logits = logits.reshape(-1, logits.shape[-1]).astype(jnp.float32)
     labels = jnp.asarray(labels).reshape(-1)
     keep = labels != ignore_index
     logp = jax.nn.log_softmax(logits, axis=-1)
-    nll = -jnp.take_along_axis(logp, jnp.where(keep, labels, 0)[:, None], axis=-1)[:, 0]
+    index = jnp.where(keep, nan_if_negative(labels, logits.shape[-1]), 0)
+    nll = -jnp.take_along_axis(logp, index[:, None], axis=-1)[:, 0]  # out of range: NaN
     return jnp.sum(jnp.where(keep, nll, 0.0)) / jnp.sum(keep)
 
 
@@ -1145,7 +1154,7 @@ class FlaxGPT2SequenceSummary(nnx.Module):
         elif cls_index is None:
             x = hidden_states[..., -1, :]
         else:
-            idx = jnp.asarray(cls_index)[..., None, None]
+            idx = nan_if_negative(jnp.asarray(cls_index), hidden_states.shape[-2])[..., None, None]
             idx = jnp.broadcast_to(idx, (*idx.shape[:-1], hidden_states.shape[-1]))
             x = jnp.take_along_axis(hidden_states, idx, axis=-2).squeeze(-2)  # (..., C)
         x = self.first_dropout(x, deterministic=deterministic)

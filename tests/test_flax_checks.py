@@ -152,3 +152,30 @@ def test_traced_values_are_not_checked():
         return flax_model(input_ids=ids, labels=labels, deterministic=True).loss
 
     assert loss(ids, labels).shape == ()
+
+
+@pytest.mark.parametrize("field,value", [
+    ("input_ids", -1), ("input_ids", "V"), ("token_type_ids", -3), ("labels", -1), ("labels", "V"),
+    ("position_ids", -1), ("position_ids", "P"),
+])
+def test_out_of_range_inside_jit_is_nan_never_a_plausible_answer(field, value):
+    """issue 12: inside a user's jit nothing can raise, so an out-of-range id or label (negative ones too, which
+    JAX would wrap to the last row) gives NaN, never a finite wrong loss. In-range inputs stay finite."""
+    config, _, flax_model = _models("lm")
+    ids = _ids(config, (B, T))
+    inputs = {"input_ids": ids, "labels": ids.copy(), "token_type_ids": np.zeros_like(ids),
+              "position_ids": np.broadcast_to(np.arange(T), (B, T)).copy()}
+
+    @jax.jit
+    def run(inputs):
+        out = flax_model(**inputs, deterministic=True)
+        return out.loss, out.logits
+
+    loss, logits = run({k: jnp.asarray(v) for k, v in inputs.items()})
+    assert np.isfinite(float(loss)) and np.isfinite(np.asarray(logits)).all()
+    bad = {"V": config.vocab_size, "P": config.n_positions}.get(value, value)
+    inputs[field][0, 3] = bad
+    loss, logits = run({k: jnp.asarray(v) for k, v in inputs.items()})
+    assert np.isnan(float(loss))
+    if field != "labels":
+        assert np.isnan(np.asarray(logits)[0, 3]).all()
