@@ -300,6 +300,12 @@ def _main(argv: Sequence[str] | None) -> int:
     return run_command(f"gpt2 {args.command}", lambda: args.func(args), args.verbose)
 
 
+def verify_main(argv: Sequence[str] | None = None) -> int:
+    """`gpt2-verify` (= `gpt2 verify`): `gpt2_apps.verify.main`, imported inside the guard, so Ctrl-C during its
+    imports (numpy, the frameworks) is one line and exit 130 too."""
+    return interruptible("gpt2-verify", lambda: _resolve("gpt2_apps.verify:main")(argv))
+
+
 # -- gpt2-convert ------------------------------------------------------------------------------------------------
 
 

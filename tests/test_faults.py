@@ -371,7 +371,7 @@ def test_train_checkpoint_on_a_full_tmpfs_keeps_the_earlier_checkpoint(corpus, t
 # ------------------------------------------------------------------------------------------------ Ctrl-C at start
 
 
-@pytest.mark.parametrize("command", ["generate", "convert", "train"])
+@pytest.mark.parametrize("command", ["generate", "convert", "train", "gpt2-verify"])
 def test_ctrl_c_right_after_start_is_one_line_and_130(tmp_path, command):
     """SIGINT while the command is still importing (numpy, the framework): `main` catches it from its first line.
     Sent as numpy's import starts (the first import inside `main`) and at a seeded random point in the 0.6 s
@@ -380,10 +380,12 @@ def test_ctrl_c_right_after_start_is_one_line_and_130(tmp_path, command):
         "generate": ["generate", "--model", str(tmp_path / "missing"), "x"],
         "convert": ["convert", str(tmp_path / "missing"), "-o", str(tmp_path / "out")],
         "train": ["train", "--data", str(tmp_path / "missing"), "-o", str(tmp_path / "out")],
+        "gpt2-verify": [str(tmp_path / "missing")],
     }[command]
+    fn = "verify_main" if command == "gpt2-verify" else "main"
     r = random.Random(command)
     for delay in (0.0, r.uniform(0.0, 0.6)):
-        cmd = [sys.executable, "-X", "importtime", "-c", ENTRY.format(fn="main"), *args]
+        cmd = [sys.executable, "-X", "importtime", "-c", ENTRY.format(fn=fn), *args]
         code, err, _ = run_killed(cmd, signal.SIGINT, delay, marker="numpy")
         lines = stderr_lines(err)
         if lines and "error:" in lines[-1]:
