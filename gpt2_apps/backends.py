@@ -304,6 +304,14 @@ class FlaxBackend(Backend):
 
         jax.config.update("jax_default_matmul_precision", "highest")
 
+    def load(self, head: str, name_or_path: str | os.PathLike, **kwargs: Any) -> Any:
+        """`from_pretrained`, with `dtype` meaning what it means in the other backends (weights and computation in
+        that dtype): gpt2_flax follows transformers 4.x, where `dtype` is only the computation dtype and
+        `param_dtype` the storage one, so both are passed unless the caller set `param_dtype`."""
+        if kwargs.get("dtype") is not None and "param_dtype" not in kwargs:
+            kwargs["param_dtype"] = kwargs["dtype"]
+        return super().load(head, name_or_path, **kwargs)
+
     def _finish(self, model: Any, dtype: Any) -> Any:
         if dtype is not None:
             from gpt2_flax.weights import cast_params
