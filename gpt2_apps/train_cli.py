@@ -22,7 +22,7 @@ from typing import Sequence
 from gpt2_apps.backends import BACKENDS, get_backend
 from gpt2_apps.errors import EXIT_OK, UsageError, run_command
 from gpt2_core.config import check_field_names
-from gpt2_core.training import TrainConfig
+from gpt2_core.training import PRECISIONS, TrainConfig
 
 
 def _parse_set(items: Sequence[str]) -> dict:
@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start afresh in a non-empty --output-dir: the earlier run's checkpoints and metrics are removed")
     p.add_argument("--shard-params", action="store_true",
                    help="shard parameters and optimizer state over processes/devices (torch FSDP2, JAX NamedSharding)")
+    p.add_argument("--precision", choices=PRECISIONS, default=d.precision,
+                   help="bf16: mixed precision, bfloat16 compute over float32 master weights (transformers' --bf16)")
+    p.add_argument("--bf16", dest="precision", action="store_const", const="bf16", help="the same as --precision bf16")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging; show the traceback of an error")
     return p
@@ -81,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             save_every=args.save_every, log_every=args.log_every, seed=args.seed, learning_rate=args.learning_rate,
             min_lr_ratio=args.min_lr_ratio, weight_decay=args.weight_decay, beta1=args.beta1, beta2=args.beta2,
             grad_clip=args.grad_clip, eval_fraction=args.eval_fraction, dropout=args.dropout, resume=args.resume,
-            force=args.force, shard_params=args.shard_params,
+            force=args.force, shard_params=args.shard_params, precision=args.precision,
         )
         result = get_backend(args.backend).require().train(tc, progress=not args.no_progress)
         sys.stdout.write(json.dumps(result) + "\n")

@@ -69,6 +69,12 @@ class TrainConfig:
         shard_params: Shard parameters and optimizer state over the processes/devices (torch FSDP2
             `fully_shard`, JAX `NamedSharding` over the mesh's data axis) instead of replicating them; the loss curve
             is the same. A backend whose framework cannot shard refuses it with the reason.
+        precision: `"fp32"` (default) or `"bf16"`: mixed precision with float32 master weights, as transformers'
+            `TrainingArguments(bf16=True)`. The parameters, their gradients and the optimizer state stay float32
+            (what is saved is float32); the forward and backward matmuls run in bfloat16, with LayerNorm
+            statistics, the attention softmax and the loss in float32 (torch `autocast(dtype=bfloat16)`, the Keras
+            `"mixed_bfloat16"` policy, Flax `dtype=bfloat16, param_dtype=float32`). bf16 has float32's range, so
+            no loss scaling is needed (fp16 would need it, and is not offered). A resumed run may change it.
     """
 
     data: Sequence[str] = ()
@@ -96,6 +102,7 @@ class TrainConfig:
     resume: bool = False
     force: bool = False
     shard_params: bool = False
+    precision: str = "fp32"
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
@@ -141,6 +148,11 @@ class TrainConfig:
                 raise bad(name, getattr(self, name), rule)
         if self.dropout is not None and not (0 <= number("dropout") <= 1):
             raise bad("dropout", self.dropout, "in [0, 1]")
+        if self.precision not in PRECISIONS:
+            raise ValueError(
+                f"--precision must be one of {', '.join(PRECISIONS)}. Received: precision={self.precision!r}. Pass "
+                "--precision bf16 for mixed precision (float32 master weights, bfloat16 compute) or fp32."
+            )
         if self.resume and self.force:
             raise ValueError(
                 "--resume and --force contradict each other. Received: resume=True, force=True. Pass --resume to "
@@ -151,7 +163,10 @@ class TrainConfig:
 # Settings a resumed run may change: how long it runs and how often it logs, evaluates and saves. Any other
 # difference between the checkpoint's saved settings and the new ones (data, model, batch, schedule, seed) is refused.
 RESUME_MAY_CHANGE = ("output_dir", "max_steps", "eval_every", "eval_batches", "save_every", "log_every", "resume",
-                     "force", "shard_params")
+                     "force", "shard_params", "precision")
+
+# `TrainConfig.precision` values: float32 throughout, or bf16 compute over float32 master weights.
+PRECISIONS = ("fp32", "bf16")
 
 
 # ------------------------------------------------------------------------------------------------------------------

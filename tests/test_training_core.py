@@ -224,3 +224,25 @@ def test_tf_h5_only_directory_fine_tunes_its_weights(corpus, tmp_path):
         first[name] = losses(out)[1]
     assert abs(first["h5"] - first["safetensors"]) < 1e-5, first
     assert abs(first["h5"] - first["scratch"]) > 1e-3, first
+
+
+# -- precision ----------------------------------------------------------------------------------------------------
+
+
+def test_precision_is_validated_and_may_change_on_resume():
+    assert TrainConfig().precision == "fp32" and core_training.PRECISIONS == ("fp32", "bf16")
+    TrainConfig(data=["x"], precision="bf16").validate()
+    with pytest.raises(ValueError, match=r"--precision must be one of fp32, bf16\. Received: precision='fp16'"):
+        TrainConfig(data=["x"], precision="fp16").validate()
+    assert "precision" in core_training.RESUME_MAY_CHANGE
+
+
+def test_cli_precision_flags():
+    from gpt2_apps.train_cli import build_parser
+
+    parse = build_parser().parse_args
+    assert parse(["--data", "x"]).precision == "fp32"
+    assert parse(["--data", "x", "--bf16"]).precision == "bf16"
+    assert parse(["--data", "x", "--precision", "bf16"]).precision == "bf16"
+    with pytest.raises(SystemExit):
+        parse(["--data", "x", "--precision", "fp16"])
