@@ -489,6 +489,7 @@ class FlaxGPT2PreTrainedModel(nnx.Module):
         dtype: Any = None,
         param_dtype: Any = None,
         rngs: nnx.Rngs | None = None,
+        quantize: str | None = None,
         **hub_kwargs: Any,
     ) -> "FlaxGPT2PreTrainedModel":
         """Load `config.json` + weights (`model.safetensors`, sharded or not, `pytorch_model.bin`, or a
@@ -504,6 +505,9 @@ class FlaxGPT2PreTrainedModel(nnx.Module):
             param_dtype: The parameters' storage dtype (`"auto"`: the checkpoint's); float32 by default (4.x:
                 `model.to_bf16(model.params)`).
             rngs: Dropout randomness (and the init of missing heads); `default_rngs(0)` by default.
+            quantize: None only: `"int8"` is a ValueError (XLA CPU has no fast weight-only int8 path; measured in
+                docs/performance.md; int8 inference is gpt2_torch's). An int8 checkpoint loads dequantized to
+                float32 (`weights_convert.quantized`, logged).
             **hub_kwargs: `gpt2_core.hub.HUB_KWARGS` (`revision`, `cache_dir`, `token`, `local_files_only`,
                 `force_download`, `subfolder`), for config.json and the weights alike, and the other arguments of
                 `weights_convert.pretrained.load_pretrained` (config overrides such as `num_labels=3`,
@@ -511,6 +515,9 @@ class FlaxGPT2PreTrainedModel(nnx.Module):
         """
         from gpt2_flax.weights import cast_params, set_compute_dtype
         from weights_convert.pretrained import load_pretrained
+        from weights_convert.quantized import refuse_quantize
+
+        refuse_quantize(quantize, cls.__name__)  # no int8 path in XLA CPU: measured, docs/performance.md
 
         rngs = rngs if rngs is not None else default_rngs()
         loaded = load_pretrained(

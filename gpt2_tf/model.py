@@ -699,6 +699,7 @@ class TFGPT2PreTrainedModel(keras.Model):
         *,
         config: GPT2Config | None = None,
         dtype: Any = None,
+        quantize: str | None = None,
         **kwargs: Any,
     ) -> "TFGPT2PreTrainedModel | tuple[TFGPT2PreTrainedModel, dict[str, list]]":
         """Load `config.json` + weights (`model.safetensors`, sharded or not, `pytorch_model.bin`, or a transformers
@@ -711,6 +712,9 @@ class TFGPT2PreTrainedModel(keras.Model):
                 `GPT2Config`, a dict or a path).
             dtype: Keras dtype of the model (`"float32"`, `"bfloat16"`, `"mixed_bfloat16"`, a policy, `tf.float16`...);
                 `"auto"`: the checkpoint's dtype; float32 by default. `torch_dtype=` (its old name) works too.
+            quantize: None only: `"int8"` is a ValueError (XLA CPU has no fast weight-only int8 path; measured in
+                docs/performance.md; int8 inference is gpt2_torch's). An int8 checkpoint loads dequantized to
+                float32 (`weights_convert.quantized`, logged).
             **kwargs: What `weights_convert.pretrained.load_pretrained` takes, as in transformers: the Hub keyword
                 arguments (`revision`, `cache_dir`, `token`, `local_files_only`, `force_download`, `subfolder`),
                 config overrides (`num_labels=3`, `pad_token_id=...`), `output_loading_info`,
@@ -720,6 +724,9 @@ class TFGPT2PreTrainedModel(keras.Model):
             The model; `(model, loading_info)` with `output_loading_info=True` (transformers' contract).
         """
         from weights_convert.pretrained import load_pretrained
+        from weights_convert.quantized import refuse_quantize
+
+        refuse_quantize(quantize, cls.__name__)  # no int8 path in XLA CPU: measured, docs/performance.md
 
         loaded = load_pretrained(
             pretrained_model_name_or_path,

@@ -347,7 +347,9 @@ class GPT2PreTrainedModel(nn.Module):
             device_map: transformers' placement across devices (`gpt2_torch.distributed.place`): `"auto"`,
                 `"balanced"`, `"balanced_low_0"`, `"sequential"`, `"cpu"`, or {module prefix: device}.
             quantize: `"int8"`: weight-only int8 with per-output-channel scales after loading
-                (`gpt2_torch.quantize.quantize_int8`; CPU inference), or None.
+                (`gpt2_torch.quantize.quantize_int8`; CPU inference), or None. An int8 checkpoint (saved by
+                `save_pretrained` of an int8 model, `weights_convert.quantized`) loads as int8 either way, its
+                modules built from the file's int8 weights (`gpt2_torch.quantize.load_quantized`).
             **hub_kwargs: `gpt2_core.hub.HUB_KWARGS` (`revision`, `cache_dir`, `token`, `local_files_only`,
                 `force_download`, `subfolder`), for config.json and the weights alike.
         """
@@ -365,8 +367,14 @@ class GPT2PreTrainedModel(nn.Module):
             config=config,
             owner=cls.__name__,
             init_seed=lambda: int(torch.randint(0, 2**31 - 1, ()).item()),
+            keep_quantized=True,
             **hub_kwargs,
         )
+        if loaded.scales is not None:  # an int8 checkpoint: the int8 modules straight from the file
+            from gpt2_torch.quantize import load_int8_checkpoint
+
+            return load_int8_checkpoint(cls, loaded, dtype=dtype if dtype is not None else torch_dtype,
+                                        device=device, device_map=device_map, quantize=quantize)
         with reference.skip_init(), torch.device("meta"):
             model = cls(loaded.config)
         model = model.to_empty(device="cpu")
@@ -405,11 +413,16 @@ class GPT2PreTrainedModel(nn.Module):
 
         if not safe_serialization:
             raise ValueError("Only safetensors is written. Received: safe_serialization=False. Use gpt2-convert --to pytorch.")
-        if getattr(self, "quantization_config", None) is not None:
-            raise ValueError(
-                f"A quantized model is not saved: quantization happens at load time. Received: quantization_config="
-                f"{self.quantization_config}. Save the float model and load it with from_pretrained(..., quantize='int8')."
+        if getattr(self, "quantization_config", None) is not None:  # the int8 format of weights_convert.quantized
+            from gpt2_torch.quantize import quantized_state_dict
+            from weights_convert.quantized import quantization_config
+
+            canonical, scales = quantized_state_dict(self)
+            save_pretrained(
+                save_directory, self.config, canonical, self.head, max_shard_size=max_shard_size,
+                generation_config=self.generation_config, scales=scales, quantization_config=quantization_config(),
             )
+            return
         save_pretrained(
             save_directory, self.config, self.canonical_state_dict(), self.head, max_shard_size=max_shard_size,
             generation_config=self.generation_config,

@@ -24,7 +24,7 @@ import numpy as np
 from gpt2_core import hub, naming, reference
 from gpt2_core.config import GPT2Config
 from gpt2_core.generation_config import GenerationConfig
-from weights_convert import formats
+from weights_convert import formats, quantized
 from weights_convert.formats import base as formats_base
 from weights_convert.formats.base import dtype_name
 from weights_convert.formats.safetensors import save_safetensors
@@ -82,6 +82,9 @@ class Pretrained:
         attn_implementation: `"eager"`, `"sdpa"` or None (the backend's default), as passed.
         device_map: `None`, `"auto"` or `"cpu"` as passed (`{"": "cpu"}` reads as `"cpu"`): models load whole
             on one device.
+        scales: For a quantized checkpoint read with `keep_quantized=True`: canonical weight key -> its float32
+            scale (`weights_convert.quantized`); `canonical` then holds those weights as int8. None otherwise.
+        quantization_config: config.json's `quantization_config` of such a checkpoint (kept in `config` too).
     """
 
     config: GPT2Config
@@ -96,6 +99,8 @@ class Pretrained:
     dtype: Any = None
     attn_implementation: str | None = None
     device_map: str | None = None
+    scales: dict[str, np.ndarray] | None = None
+    quantization_config: dict[str, Any] | None = None
 
     def resolve_dtype(self, dtype: Any) -> Any:
         """A backend's own `dtype` argument with `"auto"` replaced by `checkpoint_dtype`."""
@@ -243,6 +248,7 @@ def load_pretrained(
     low_cpu_mem_usage: bool | None = None,
     use_safetensors: bool | None = None,
     variant: str | None = None,
+    keep_quantized: bool = False,
     **kwargs: Any,
 ) -> Pretrained:
     """config.json + weights of a local directory or Hub id -> canonical tensors for a `head` model.
@@ -271,6 +277,10 @@ def load_pretrained(
         low_cpu_mem_usage: Accepted; tensors are always read one at a time.
         use_safetensors: True: only safetensors weights; False: never; None: the first of `hub.WEIGHT_FILES`.
         variant: Load `model.<variant>.safetensors` (or another format's file with the variant), as transformers.
+        keep_quantized: A quantized checkpoint (config.json's `quantization_config`, `weights_convert.quantized`):
+            True keeps its int8 weights in `canonical` and the scales in `Pretrained.scales` (gpt2_torch builds its
+            int8 modules from them); False (default) dequantizes them to float32 (logged) and drops
+            `quantization_config` from the config.
         **kwargs: `gpt2_core.hub.HUB_KWARGS` (`revision`, `cache_dir`, `token`, `local_files_only`,
             `force_download`, `subfolder`), for config.json and the weights alike; any GPT2Config field
             (`num_labels=3`, `pad_token_id=...`), or a key the config.json holds, overrides the config, as in
@@ -327,10 +337,14 @@ def load_pretrained(
         path = hub.resolve_weights(name_or_path, use_safetensors=use_safetensors, variant=variant, **hub_kwargs)
         fmt = hub.weight_file_format(path.name, variant) or formats.detect_format(path)
         try:
-            ckpt = formats.open_checkpoint(
-                path, format=fmt, config=config, head=head, allow_missing_head=True,
-                ignore_mismatched_sizes=bool(ignore_mismatched_sizes),
-            )
+            if quantized.is_quantized(config):  # int8 weights + scales (weights_convert.quantized)
+                ckpt = quantized.read_quantized(path, fmt, config, head, allow_missing_head=True,
+                                                ignore_mismatched_sizes=bool(ignore_mismatched_sizes))
+            else:
+                ckpt = formats.open_checkpoint(
+                    path, format=fmt, config=config, head=head, allow_missing_head=True,
+                    ignore_mismatched_sizes=bool(ignore_mismatched_sizes),
+                )
         except ValueError as e:
             if "wrong shapes" in str(e) and not ignore_mismatched_sizes and overrides:
                 raise ValueError(
@@ -347,6 +361,16 @@ def load_pretrained(
                 "mismatched_keys": list(ckpt.mismatched_keys),
                 "error_msgs": [],
             }
+        scales = getattr(ckpt, "scales", None)
+        quantization_config = getattr(ckpt, "quantization_config", None)
+        if scales is not None and not keep_quantized:
+            canonical = quantized.dequantize(canonical, scales)
+            config = quantized.without_quantization_config(config)
+            logger.info(
+                "%s: the int8 checkpoint %s was dequantized to float32 (weight * weight_scale, %d weights); this "
+                "backend has no int8 inference.", owner or naming.ARCHITECTURES[head], name_or_path, len(scales),
+            )
+            scales = quantization_config = None
         if check_finite is not False:
             bad = formats_base.non_finite(canonical)
             if bad:
@@ -379,6 +403,8 @@ def load_pretrained(
         else requested_dtype,
         attn_implementation=attn_implementation,
         device_map=device_map,
+        scales=scales,
+        quantization_config=quantization_config,
     )
 
 
@@ -390,6 +416,8 @@ def save_pretrained(
     *,
     max_shard_size: int | str | None = None,
     generation_config: GenerationConfig | None = None,
+    scales: Mapping[str, np.ndarray] | None = None,
+    quantization_config: Mapping[str, Any] | None = None,
 ) -> list[Path]:
     """Write `config.json` + `model.safetensors` (sharded above `max_shard_size`) that transformers loads, and
     `generation_config.json` when `generation_config` is given.
@@ -404,22 +432,40 @@ def save_pretrained(
     with that save's weights. Other files in `save_directory` (a tokenizer, checkpoints) are kept; the shards or
     single file of an earlier save in the other layout are removed.
 
+    A quantized model (`weights_convert.quantized`): `canonical` holds its quantized weights as int8, `scales` their
+    float32 scales (written as `<weight name>_scale`) and `quantization_config` goes to config.json; both or neither.
+    A float save never writes a `quantization_config` (one the config carries from an int8 checkpoint is dropped).
+
     Returns:
         The files written (their final paths).
     """
     from gpt2_core import config as config_module, generation_config as generation_config_module
 
     naming.check_canonical(canonical, config, head, f"canonical dict for {naming.ARCHITECTURES[head]}")
+    if (scales is None) != (quantization_config is None):
+        raise ValueError(
+            f"A quantized save needs both scales and quantization_config. Received: scales given={scales is not None}"
+            f", quantization_config={quantization_config!r}. Pass both (weights_convert.quantized) or neither."
+        )
+    if scales is not None:
+        quantized.check_quantization_config(quantization_config, "save_pretrained")
+        quantized.check_scales(canonical, scales, config, head, "save_pretrained")
     directory = Path(save_directory)
     out_config = formats.output_config(config, head, None)
-    if canonical:
-        out_config.extra["dtype"] = dtype_name(np.asarray(next(iter(canonical.values()))).dtype)
+    out_config.extra.pop(quantized.QUANTIZATION_CONFIG_KEY, None)
+    if quantization_config is not None:
+        out_config.extra[quantized.QUANTIZATION_CONFIG_KEY] = dict(quantization_config)
+    floats = [v for v in canonical.values() if formats_base.is_float_dtype(np.asarray(v).dtype)]
+    if floats:  # the dtype of the float tensors (an int8 checkpoint's wte is int8)
+        out_config.extra["dtype"] = dtype_name(np.asarray(floats[0]).dtype)
     if generation_config is not None:
         generation_config.validate()  # before anything is written
     stale = (hub.SAFE_WEIGHTS_NAME, hub.SAFE_WEIGHTS_INDEX_NAME, "model-*-of-*.safetensors")
     last = (generation_config_module.GENERATION_CONFIG_NAME, config_module.CONFIG_NAME)
     with hub.atomic_files(directory, last=last, stale=stale) as tmp:
-        files = save_safetensors(naming.to_hub_state_dict(canonical, head), tmp, max_shard_size=max_shard_size)
+        state = naming.to_hub_state_dict(canonical, head) if scales is None \
+            else quantized.hub_state_dict(canonical, scales, head)
+        files = save_safetensors(state, tmp, max_shard_size=max_shard_size)
         if generation_config is not None:
             files.append(generation_config.save_pretrained(tmp))
         files.append(out_config.save_pretrained(tmp))

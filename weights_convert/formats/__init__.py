@@ -194,6 +194,10 @@ def _open(
 ) -> Checkpoint:
     files, source_dir = fmt.locate(path)
     cfg = _load_config(source_dir, fmt, config)
+    from weights_convert import quantized  # lazy: it opens float checkpoints through this module
+
+    if quantized.is_quantized(cfg):  # an int8 checkpoint of gpt2_torch: read as the float weights it stands for
+        return quantized.open_dequantized(path, cfg, head)
 
     # 1. list the file's tensors, {name: (shape, dtype, loader)}, and map each name to a canonical key
     listing, metadata_head = fmt.lister(files, closers)
