@@ -5,6 +5,9 @@ tiny config: the loss curve is the one of a single process with one device and t
 replicated and with `--shard-params` (FSDP) parameters; a one-process `--resume` from the two-process (sharded)
 checkpoint continues that curve. In a 4-device process: per-device parameter and optimizer bytes drop by the shard
 count, and generation with parameters sharded over the mesh (tensor parallel, FSDP, both) gives the unsharded tokens.
+
+The subprocesses (both two-process runs and the 4-device script) start together and run while the one-process
+reference trains in this process: each is mostly XLA compiles, and none depends on another.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -36,7 +41,7 @@ TINY = dict(n_layer=1, n_embd=32, n_head=2, n_positions=64)
 # gradients sit near eps amplifies the last bits, as between the torch and Flax trainers in test_train_flax.py).
 TOL = 1e-5
 WEIGHTS_TOL = 5e-5
-TIMEOUT = 300
+TIMEOUT = 600  # seconds for all the subprocesses together (they run side by side)
 
 
 @pytest.fixture(scope="module")
@@ -69,35 +74,48 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_processes(commands: list[list[str]], envs: list[dict], logs) -> None:
-    """Start every command in its own process group, wait (bounded), kill every group left in the end."""
-    procs = []
+def start(cmd: list[str], env: dict, log: Path) -> subprocess.Popen:
+    """Start `cmd` in its own process group, its output into the file `log` (no pipe to fill meanwhile)."""
+    with open(log, "w") as out:
+        return subprocess.Popen(cmd, env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop(procs) -> None:
+    for p in procs:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+
+
+def wait_all(procs, logs: list[Path]) -> None:
+    """Wait for every process (bounded by TIMEOUT in all), kill every group left in the end, require exit 0."""
     try:
-        for i, (cmd, env) in enumerate(zip(commands, envs)):
-            out = open(logs / f"proc{i}.log", "w")
-            procs.append(subprocess.Popen(cmd, env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
-                                          start_new_session=True))
-            out.close()
         deadline = time.monotonic() + TIMEOUT
         for p in procs:
             p.wait(timeout=max(1.0, deadline - time.monotonic()))
     finally:
-        for p in procs:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
-    for i, p in enumerate(procs):
-        assert p.returncode == 0, (i, (logs / f"proc{i}.log").read_text()[-3000:])
+        stop(procs)
+    for p, log in zip(procs, logs):
+        assert p.returncode == 0, (str(log), log.read_text()[-3000:])
 
 
-def train_two_processes(corpus, out, logs, *extra: str) -> None:
+def start_two_processes(corpus, out, logs, *extra: str) -> tuple[list[subprocess.Popen], list[Path]]:
+    """The two `gpt2 train` processes of one run (jax.distributed on a free port, 2 CPU devices each), started."""
     port = free_port()
     base = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "SLURM_", "OMPI_", "TPU_"))}
     envs = [dict(base, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2",
                  PYTHONPATH=str(REPO), JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
                  JAX_PROCESS_ID=str(i)) for i in range(2)]
     cmd = [sys.executable, "-m", "gpt2_apps.train_cli", *cli_args(corpus, out, *extra)]
-    run_processes([cmd, cmd], envs, logs)
+    paths = [logs / f"proc{i}.log" for i in range(2)]
+    procs = []
+    try:
+        for env, path in zip(envs, paths):
+            procs.append(start(cmd, env, path))
+    except BaseException:
+        stop(procs)
+        raise
+    return procs, paths
 
 
 def records(out):
@@ -115,27 +133,71 @@ def weights(directory):
 
 
 @pytest.fixture(scope="module")
-def one(corpus, tmp_path_factory):
-    """The reference: one process, one device, the same global batch."""
+def runs(corpus, tmp_path_factory):
+    """{"one", "two", "two_sharded": output dir, "sharded": SHARDED_SCRIPT's result}. Started side by side: the two
+    two-process runs (replicated, and `--shard-params`) and the 4-device script below, each in subprocesses, while
+    the reference trains here: one process, one device, the same global batch."""
     from gpt2_flax.training import train_lm
 
-    out = tmp_path_factory.mktemp("one")
-    train_lm(tc(corpus, out), progress=False)
-    return out
+    outs = {name: tmp_path_factory.mktemp(name) for name in ("one", "two", "two-sharded", "sharded", "resumed")}
+    procs, logs = start_two_processes(corpus, outs["two"], tmp_path_factory.mktemp("two-logs"))
+    done = threading.Event()
+
+    def follow() -> None:
+        """Once the sharded run has written checkpoint-3: one process on one device resumes a copy of it (the
+        CLI, in the background). Bounded: gives up at TIMEOUT or when this process is done (the run then failed)."""
+        ckpt, deadline = outs["two-sharded"] / "checkpoint-3", time.monotonic() + TIMEOUT
+        ready = (ckpt / "trainer_state.json").exists  # written last: the checkpoint is complete
+        while not ready():
+            if (done.wait(0.2) and not ready()) or time.monotonic() > deadline:
+                return
+        shutil.copytree(ckpt, outs["resumed"] / "checkpoint-3")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "SLURM_", "OMPI_", "TPU_"))}
+        env.update(JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
+        cmd = [sys.executable, "-m", "gpt2_apps.train_cli", *cli_args(corpus, outs["resumed"], "--resume")]
+        resumed.append(start(cmd, env, outs["resumed"] / "resume.log"))
+
+    resumed, watcher = [], threading.Thread(target=follow, daemon=True)
+    try:
+        more = start_two_processes(corpus, outs["two-sharded"], tmp_path_factory.mktemp("two-sharded-logs"),
+                                   "--shard-params")
+        procs, logs = procs + more[0], logs + more[1]
+        watcher.start()
+        env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4",
+                   PYTHONPATH=str(REPO))  # XLA_FLAGS must be set before jax starts
+        result = outs["sharded"] / "result.json"
+        logs.append(outs["sharded"] / "script.log")
+        procs.append(start([sys.executable, "-c", SHARDED_SCRIPT, str(result)], env, logs[-1]))
+        train_lm(tc(corpus, outs["one"]), progress=False)
+        wait_all(procs, logs)
+    except BaseException:
+        done.set()
+        if watcher.ident is not None:
+            watcher.join()
+        stop(procs + resumed)
+        raise
+    done.set()
+    watcher.join()
+    try:
+        yield {"one": outs["one"], "two": outs["two"], "two_sharded": outs["two-sharded"],
+               "sharded": json.loads(result.read_text()), "resumed": (outs["resumed"], resumed)}
+    finally:
+        stop(resumed)  # still running only if its test did not run (or failed)
 
 
 @pytest.fixture(scope="module")
-def two(corpus, tmp_path_factory):
-    out, logs = tmp_path_factory.mktemp("two"), tmp_path_factory.mktemp("two-logs")
-    train_two_processes(corpus, out, logs)
-    return out
+def one(runs):
+    return runs["one"]
 
 
 @pytest.fixture(scope="module")
-def two_sharded(corpus, tmp_path_factory):
-    out, logs = tmp_path_factory.mktemp("two-sharded"), tmp_path_factory.mktemp("two-sharded-logs")
-    train_two_processes(corpus, out, logs, "--shard-params")
-    return out
+def two(runs):
+    return runs["two"]
+
+
+@pytest.fixture(scope="module")
+def two_sharded(runs):
+    return runs["two_sharded"]
 
 
 def check_same_run(one, other):
@@ -170,19 +232,19 @@ def test_two_processes_sharded_params_equal_one_process(one, two_sharded):
         assert max(float(np.abs(a[k] - b[k]).max()) for k in a) < TOL
 
 
-def test_one_process_resumes_a_two_process_checkpoint(corpus, one, two_sharded, tmp_path):
-    """Step 3 of the sharded two-process run, resumed by one process on one device: steps 4-6 follow the curve."""
-    from gpt2_flax.training import train_lm
-
-    shutil.copytree(two_sharded / "checkpoint-3", tmp_path / "checkpoint-3")
-    train_lm(tc(corpus, tmp_path, resume=True), progress=False)
-    a, b = curve(one), curve(tmp_path)
+def test_one_process_resumes_a_two_process_checkpoint(one, runs):
+    """Step 3 of the sharded two-process run, resumed by one process on one device (`gpt2 train --resume`, started
+    by `runs` once that checkpoint existed): steps 4-6 follow the curve."""
+    out, procs = runs["resumed"]
+    assert procs, "the resume never started: the sharded run wrote no checkpoint-3"
+    wait_all(procs, [out / "resume.log"])
+    a, b = curve(one), curve(out)
     assert sorted(b) == [4, 5, 6]
     assert max(abs(a[s] - b[s]) for s in b) < TOL, (a, b)
 
 
 SHARDED_SCRIPT = textwrap.dedent("""
-    import json
+    import json, sys
     import jax, numpy as np
     from flax import nnx
     jax.config.update("jax_default_matmul_precision", "highest")
@@ -218,19 +280,15 @@ SHARDED_SCRIPT = textwrap.dedent("""
         state, loss, _ = lm_train_step(model, state, batch, jax.numpy.float32(1e-3), hp)
     result["after_steps"] = {"params": sorted(set(sharding.bytes_per_device(nnx.state(model, nnx.Param)).values())),
                              "optimizer": sorted(set(sharding.bytes_per_device(state).values()))}
-    print(json.dumps(result))
+    with open(sys.argv[1], "w") as f:
+        json.dump(result, f)
 """)
 
 
 @pytest.fixture(scope="module")
-def sharded(tmp_path_factory):
-    """The script above in a process with 4 virtual CPU devices (XLA_FLAGS must be set before jax starts)."""
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4",
-               PYTHONPATH=str(REPO))
-    proc = subprocess.run([sys.executable, "-c", SHARDED_SCRIPT], capture_output=True, text=True, env=env, cwd=REPO,
-                          timeout=TIMEOUT)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+def sharded(runs):
+    """The script above, run in a process with 4 virtual CPU devices (see `runs`)."""
+    return runs["sharded"]
 
 
 def test_sharded_generation_equals_unsharded(sharded):

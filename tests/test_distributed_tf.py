@@ -9,8 +9,10 @@ per-replica gradients vs one device's, float32 round-off).
 
 The two workers start as subprocesses (TF_CONFIG is read when the strategy is made, before TF's runtime starts) while
 the one-process reference trains in this process; each worker has its own output directory, as on two machines.
-Cost: ~125 s of CPU time in all (user + sys, this process and its children; XLA compiles of the one-process train
-and eval steps are most of it), about 75 s of wall time on two idle cores.
+The one-process reference is the longest part (its XLA compiles), so the resumed runs (a one-process `gpt2 train
+--resume`, which compiles the same again, and the mismatched pair) start as soon as the chief has written
+checkpoint-3, while the reference still trains. Cost: ~125 s of CPU time in all (user + sys, this process and its
+children; XLA compiles of the one-process train and eval steps are most of it).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 
@@ -29,7 +33,7 @@ from conftest import REPO, corpus_dir
 
 TINY = dict(n_layer=1, n_embd=32, n_head=2, n_positions=64)
 STEPS = 6
-TIMEOUT = 240  # seconds for the two workers together; a worker whose peer died waits in a collective forever
+TIMEOUT = 480  # seconds for the two workers together (and for the resumed runs); a worker whose peer died waits in a collective forever
 
 
 def free_ports(n: int) -> list[int]:
@@ -112,30 +116,75 @@ def stop(procs) -> None:
             p.wait()
 
 
+def start_resumes(chief, corpus, resume_one, mismatched) -> list[subprocess.Popen]:
+    """From the chief's checkpoint-3: a one-process `gpt2 train --resume` alone in a fresh directory, and two workers
+    resuming where only rank 0's --output-dir holds that checkpoint."""
+    shutil.copytree(chief / "checkpoint-3", resume_one / "checkpoint-3")
+    shutil.copytree(chief / "checkpoint-3", mismatched[0] / "checkpoint-3")
+    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
+    env.update(PYTHONPATH=str(REPO), KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="2")
+    cmd = [sys.executable, "-m", "gpt2_apps.train_cli", *cli_args(settings(corpus, resume_one)), "--resume"]
+    procs = [subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              start_new_session=True)]
+    try:
+        procs += start_workers([settings(corpus, out, resume=True) for out in mismatched], ["--resume"])
+    except BaseException:
+        stop(procs)
+        raise
+    return procs
+
+
 @pytest.fixture(scope="module")
 def runs(corpus, tmp_path_factory):
-    """(one-process output dir, the chief's, worker 1's, the workers' results): the two workers train in
-    subprocesses while the one-process reference trains here."""
+    """(one-process output dir, the chief's, worker 1's, the workers' results, the resumed runs' output dir and
+    results): the two workers train in subprocesses while the one-process reference trains here; once the chief
+    has written checkpoint-3 (a thread watches for it), the three resumed processes of `start_resumes` start too,
+    so they run while this process still trains."""
     from gpt2_core.training import TrainConfig
     from gpt2_tf.training import train
 
     one = tmp_path_factory.mktemp("tf_one")
     outs = [tmp_path_factory.mktemp(f"tf_worker{i}") for i in range(2)]
+    resume_one = tmp_path_factory.mktemp("tf_resume_one")
+    mismatched = [tmp_path_factory.mktemp(f"tf_mismatch{i}") for i in range(2)]
     procs = start_workers([settings(corpus, out) for out in outs])
+    later, done, failed = [], threading.Event(), []
+
+    def follow() -> None:  # bounded: gives up at TIMEOUT or when this process is done (the workers then failed)
+        deadline = time.monotonic() + TIMEOUT
+        ready = (outs[0] / "checkpoint-3" / "trainer_state.json").exists  # written last: the checkpoint is complete
+        while not ready():
+            if (done.wait(0.2) and not ready()) or time.monotonic() > deadline:
+                return
+        try:
+            later.extend(start_resumes(outs[0], corpus, resume_one, mismatched))
+        except BaseException as e:  # noqa: BLE001  (reported by the fixture)
+            failed.append(e)
+
+    watcher = threading.Thread(target=follow, daemon=True)
+    watcher.start()
     try:
         train(TrainConfig(**settings(corpus, one)), progress=False)
+        results = []
+        for code, stdout, stderr in finish(procs):
+            assert code == 0, stderr[-3000:]
+            results.append(json.loads(stdout.strip().splitlines()[-1]))
     except BaseException:
-        stop(procs)
+        done.set()
+        watcher.join()
+        stop(procs + later)
         raise
-    results = []
-    for code, stdout, stderr in finish(procs):
-        assert code == 0, stderr[-3000:]
-        results.append(json.loads(stdout.strip().splitlines()[-1]))
-    return one, outs[0], outs[1], results
+    done.set()
+    watcher.join()
+    if failed:
+        raise failed[0]
+    assert later, "the resumed runs never started: the chief wrote no checkpoint-3"
+    resumed = finish(later)
+    return one, outs[0], outs[1], results, (resume_one, resumed)
 
 
 def test_two_workers_equal_one_process(runs):
-    one, chief, _, results = runs
+    one, chief, _, results, _ = runs
     a, b = losses(one), losses(chief)
     assert set(a) == set(b) == set(range(1, STEPS + 1))
     diff = max(abs(a[s] - b[s]) for s in a)
@@ -146,32 +195,18 @@ def test_two_workers_equal_one_process(runs):
 
 
 def test_only_the_chief_writes(runs):
-    _, chief, worker1, _ = runs
+    _, chief, worker1, _, _ = runs
     assert sorted(os.listdir(worker1)) == []  # it took part in every evaluation and save, and wrote nothing
     assert (chief / "checkpoint-3" / "optimizer.npz").exists() and (chief / "model.safetensors").exists()
     assert sum(1 for r in records(chief) if r.get("event") == "start") == 1
 
 
 @pytest.fixture(scope="module")
-def resumed(runs, corpus, tmp_path_factory):
-    """(the one-process resume's output dir, the mismatched workers' results), run side by side: a one-process
-    --resume from the chief's checkpoint-3 alone in a fresh directory (here), and two workers resuming where only
-    rank 0's --output-dir holds that checkpoint (subprocesses)."""
-    from gpt2_core.training import TrainConfig
-    from gpt2_tf.training import train
-
-    _, chief, _, _ = runs
-    resume_one = tmp_path_factory.mktemp("tf_resume_one")
-    shutil.copytree(chief / "checkpoint-3", resume_one / "checkpoint-3")
-    outs = [tmp_path_factory.mktemp(f"tf_mismatch{i}") for i in range(2)]
-    shutil.copytree(chief / "checkpoint-3", outs[0] / "checkpoint-3")
-    procs = start_workers([settings(corpus, out, resume=True) for out in outs], ["--resume"])
-    try:
-        train(TrainConfig(**settings(corpus, resume_one, resume=True)), progress=False)
-    except BaseException:
-        stop(procs)
-        raise
-    return resume_one, finish(procs)
+def resumed(runs):
+    """(the one-process resume's output dir, the mismatched workers' results), from `runs`."""
+    resume_one, ((code, _, stderr), *mismatched) = runs[4]
+    assert code == 0, stderr[-3000:]
+    return resume_one, mismatched
 
 
 def test_one_process_resumes_the_two_worker_checkpoint(runs, resumed):

@@ -17,6 +17,8 @@ import signal
 import socket
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -31,6 +33,7 @@ STEPS, SAVE = 4, 2
 # float32 sums in another order (per-rank halves, the all-reduce); Adam amplifies it in the gradient norm: its
 # first steps move each weight by about lr * sign(gradient), and near-zero gradients flip sign with the rounding
 LOSS_TOL, GRAD_REL_TOL = 1e-4, 1e-3
+TIMEOUT = 480  # seconds for both launches together (they run side by side); a worker whose peer died waits forever
 
 
 def settings(corpus, out, **kw) -> dict:
@@ -55,23 +58,39 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def torchrun(args: list[str], timeout: float = 240) -> None:
-    """`torchrun --nproc_per_node 2 -m gpt2_apps.train_cli ARGS` on a free port; its whole process group is killed
-    afterwards whatever happens, so no worker outlives the test."""
+def start_torchrun(args: list[str], log) -> subprocess.Popen:
+    """`torchrun --nproc_per_node 2 -m gpt2_apps.train_cli ARGS` on a free port, in its own process group, its
+    output into the file `log` (no pipe to fill while this process trains); `finish` waits and kills the group."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(free_port()), "-m", cli("train_cli"), *args]
-    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        _, err = proc.communicate(timeout=timeout)
-    finally:
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    proc.log = log
+    return proc
+
+
+def stop(procs) -> None:
+    """Kill each launch's whole process group (torchrun and its workers), whatever happened."""
+    for proc in procs:
         try:
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
         proc.wait()
-    assert proc.returncode == 0, err[-4000:]
+
+
+def finish(procs, timeout: float = TIMEOUT) -> None:
+    """Wait for every launch (within `timeout` seconds in all), kill every group afterwards so no worker outlives
+    the test, and require exit status 0 of each."""
+    deadline = time.monotonic() + timeout
+    try:
+        for proc in procs:
+            proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        stop(procs)
+    for proc in procs:
+        assert proc.returncode == 0, Path(proc.log).read_text()[-4000:]
 
 
 def rows(out) -> list[dict]:
@@ -100,27 +119,36 @@ def assert_same_curve(one, two, steps, eval_too: bool) -> None:
 
 
 @pytest.fixture(scope="module")
-def one(corpus, tmp_path_factory):
-    """The one-process run (in this process), the oracle of both two-process runs."""
+def runs(corpus, tmp_path_factory):
+    """{"one", "ddp", "fsdp": output dir}: the two torchrun launches (DDP, and FSDP2 with `--shard-params`) run side
+    by side while the one-process run, the oracle of both, trains in this process."""
     from gpt2_torch.training import train
 
-    out = tmp_path_factory.mktemp("one")
-    train(TrainConfig(**settings(corpus, out)), progress=False)
-    return out
+    dirs = {name: tmp_path_factory.mktemp(name) for name in ("one", "ddp", "fsdp")}
+    outs = {name: d / "out" for name, d in dirs.items()}
+    procs = [start_torchrun(flags(settings(corpus, outs["ddp"])), dirs["ddp"] / "torchrun.log")]
+    try:
+        procs.append(start_torchrun(flags(settings(corpus, outs["fsdp"])) + ["--shard-params"],
+                                    dirs["fsdp"] / "torchrun.log"))
+        train(TrainConfig(**settings(corpus, outs["one"])), progress=False)
+    except BaseException:
+        stop(procs)
+        raise
+    finish(procs)
+    return outs
 
 
-def test_ddp_two_processes_equal_one(one, corpus, tmp_path):
+def test_ddp_two_processes_equal_one(runs):
     """DDP (the default for several processes): loss and gradient norm of every step equal the one-process run's.
     Tolerance 1e-4 absolute on the loss, 1e-3 relative on the gradient norm; measured: loss <= 1e-6, gradient norm
     <= 2e-7 relative. Every rank holds the whole model (the memory record says so)."""
-    out = tmp_path / "ddp"
-    torchrun(flags(settings(corpus, out)))
+    one, out = runs["one"], runs["ddp"]
     assert_same_curve(one, out, range(1, STEPS + 1), eval_too=False)  # rank 0 evaluates alone, on its half batch
     mem = memory(out)
     assert mem["strategy"] == "ddp" and mem["param_bytes_per_rank"] == [mem["full_param_bytes"]] * 2
 
 
-def test_fsdp_two_processes_equal_one_and_resume_in_one_process(one, corpus, tmp_path):
+def test_fsdp_two_processes_equal_one_and_resume_in_one_process(runs, corpus):
     """FSDP2 (`--shard-params`): the same loss, gradient norm (the global norm of the sharded gradients, clipped to
     1.0 at every step here: the norms are above 1) and evaluation loss as one process; tolerances as for DDP,
     measured: loss <= 1e-6, eval loss <= 1e-6, gradient norm 2e-6 relative at step 1 growing to 2e-4 at step 4
@@ -130,8 +158,7 @@ def test_fsdp_two_processes_equal_one_and_resume_in_one_process(one, corpus, tmp
     LM head tied; one process resumed from its step-2 checkpoint follows the one-process curve (steps 3, 4)."""
     from gpt2_torch import GPT2LMHeadModel
 
-    out = tmp_path / "fsdp"
-    torchrun(flags(settings(corpus, out)) + ["--shard-params"])
+    one, out = runs["one"], runs["fsdp"]
     assert_same_curve(one, out, range(1, STEPS + 1), eval_too=True)
 
     mem = memory(out)

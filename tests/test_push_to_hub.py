@@ -126,8 +126,14 @@ def test_tokenizer_push_uploads_what_transformers_loads(cls, hub):
     assert theirs.padding_side == "left" and theirs.pad_token == "[PAD]"
 
 
+@pytest.fixture(scope="module")
+def gpt2_tokenizer():
+    """GPT-2's tokenizer, read from its vocabulary files once (~1 s) for the cases that only call push_to_hub."""
+    return GPT2Tokenizer()
+
+
 @pytest.mark.parametrize("repo_id", ["", None, "/"])
-def test_bad_repo_id_is_refused_before_any_call(hub, repo_id):
+def test_bad_repo_id_is_refused_before_any_call(hub, repo_id, gpt2_tokenizer):
     with pytest.raises(ValueError, match="repo_id"):
-        GPT2Tokenizer().push_to_hub(repo_id)
+        gpt2_tokenizer.push_to_hub(repo_id)
     assert hub.calls == []
