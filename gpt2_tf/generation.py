@@ -477,9 +477,9 @@ def _unfinished(static: _Static, state: dict[str, Any]) -> tf.Tensor:
 def _decode(model, static: _Static, p: dict[str, tf.Tensor], attention_mask: tf.Tensor, state: dict[str, Any], until: tf.Tensor) -> dict[str, Any]:
     """Steps until `until` tokens were generated, `max_new_tokens` reached or every row finished (graph code).
 
-    A step picks from the pending logits (`next_logits`, the prefill's at first), then runs the model on the new
-    tokens for the next step's logits unless that was the last step: so the processors and the step are traced
-    once, and a returned state resumes with its logits ready."""
+    A step runs the model on the tokens written last, then picks the next ones from its logits (`_begin` makes the
+    first pick, from the prefill's logits), so the body has no branch: with the forward inside a `tf.cond` (to skip
+    it after the last pick) XLA copied every cache buffer into the branch each step."""
     select = _select_beams if static.strategy == "beam" else _select_token
     limit = tf.minimum(until, p["max_new_tokens"])
 
@@ -487,15 +487,8 @@ def _decode(model, static: _Static, p: dict[str, tf.Tensor], attention_mask: tf.
         return (state["step"] < limit) & _unfinished(static, state)
 
     def body(state):
-        state = select(static, p, state, state["next_logits"])
-
-        def step():
-            logits, cache = _forward(model, state["cache"], _last_tokens(static, p, state), attention_mask)
-            return logits, cache
-
-        more = (state["step"] < p["max_new_tokens"]) & _unfinished(static, state)
-        logits, cache = tf.cond(more, step, lambda: (state["next_logits"], state["cache"]))
-        return (dict(state, next_logits=logits, cache=cache),)
+        logits, cache = _forward(model, state["cache"], _last_tokens(static, p, state), attention_mask)
+        return (select(static, p, dict(state, cache=cache), logits),)
 
     # at most S_max iterations (a static bound: fewer than the buffer's columns remain)
     (state,) = tf.while_loop(cond, body, (state,), maximum_iterations=attention_mask.shape[1])
@@ -537,7 +530,8 @@ def _begin(model, static: _Static, p: dict[str, tf.Tensor], input_ids: tf.Tensor
         state["scores"] = tf.zeros((new_bucket, R, V))
     if static.keep_logits:
         state["logits"] = tf.zeros((new_bucket, R, V))
-    state["next_logits"] = logits
+    # the first pick (max_new_tokens and `until` are >= 1), from the prefill's logits
+    state = (_select_beams if static.strategy == "beam" else _select_token)(static, p, state, logits)
     return _decode(model, static, p, attention_mask, state, until)
 
 
