@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Iterator, Mapping
 
 import numpy as np
 
@@ -211,14 +211,29 @@ def to_backend(
     canonical: Mapping[str, np.ndarray], backend: str, config: GPT2Config, head: str = "base"
 ) -> dict[str, np.ndarray]:
     """Canonical dict -> {backend path: array in backend layout}. Body paths get `transformer.` for task models."""
+    return dict(iter_backend(canonical, backend, config, head))
+
+
+def backend_keys(canonical: Mapping[str, np.ndarray], backend: str, config: GPT2Config, head: str = "base") -> set[str]:
+    """The backend paths `to_backend` would give, without touching the arrays."""
     paths = _backend_paths(backend, config, head)
-    out = {}
+    missing = [key for key in canonical if key not in paths]
+    if missing:
+        raise KeyError(missing[0])
+    return {paths[key][0] for key in canonical}
+
+
+def iter_backend(
+    canonical: Mapping[str, np.ndarray], backend: str, config: GPT2Config, head: str = "base"
+) -> Iterator[tuple[str, np.ndarray]]:
+    """`to_backend` one tensor at a time: (backend path, array in backend layout). A loader that copies each array
+    into its parameter as it comes holds one transposed tensor at a time, not a second copy of the model."""
+    paths = _backend_paths(backend, config, head)
     for key, value in canonical.items():
         if key not in paths:
             raise KeyError(key)
         path, transpose = paths[key]
-        out[path] = np.ascontiguousarray(np.asarray(value).T) if transpose else np.asarray(value)
-    return out
+        yield path, (np.ascontiguousarray(np.asarray(value).T) if transpose else np.asarray(value))
 
 
 def check_canonical(

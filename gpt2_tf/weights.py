@@ -60,9 +60,10 @@ def load_canonical(model, canonical: Mapping[str, np.ndarray]) -> None:
     """Copy a canonical dict into the model. Strict: every parameter set, every shape checked."""
     naming.check_canonical(canonical, model.config, model.head, f"canonical dict for {type(model).__name__}")
     variables = named_variables(model)
-    backend = naming.to_backend(canonical, "tf", model.config, model.head)
-    if set(backend) != set(variables):
-        raise RuntimeError(f"naming table and tf model disagree: {sorted(set(backend) ^ set(variables))[:10]}")
-    for path, value in backend.items():
+    keys = naming.backend_keys(canonical, "tf", model.config, model.head)
+    if keys != set(variables):
+        raise RuntimeError(f"naming table and tf model disagree: {sorted(keys ^ set(variables))[:10]}")
+    # one tensor at a time (naming.iter_backend): peak memory is the model plus the canonical dict, not a third copy
+    for path, value in naming.iter_backend(canonical, "tf", model.config, model.head):
         variable = variables[path]
         variable.assign(np.asarray(value).astype(variable.dtype, copy=False))

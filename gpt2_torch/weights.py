@@ -47,10 +47,11 @@ def load_canonical(model, canonical: dict[str, np.ndarray]) -> None:
     """Copy a canonical dict into the model. Strict: every parameter set, every shape checked."""
     naming.check_canonical(canonical, model.config, model.head, f"canonical dict for {type(model).__name__}")
     params = _params(model)
-    backend = naming.to_backend(canonical, "torch", model.config, model.head)
-    if set(backend) != set(params):
-        raise RuntimeError(f"naming table and torch model disagree: {sorted(set(backend) ^ set(params))[:10]}")
+    keys = naming.backend_keys(canonical, "torch", model.config, model.head)
+    if keys != set(params):
+        raise RuntimeError(f"naming table and torch model disagree: {sorted(keys ^ set(params))[:10]}")
+    # one tensor at a time (naming.iter_backend): peak memory is the model plus the canonical dict, not a third copy
     with torch.no_grad():
-        for path, value in backend.items():
+        for path, value in naming.iter_backend(canonical, "torch", model.config, model.head):
             p = params[path]
             p.copy_(from_numpy(value).to(dtype=p.dtype, device=p.device))
