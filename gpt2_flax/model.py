@@ -1041,7 +1041,13 @@ class FlaxGPT2LMHeadModel(FlaxGPT2PreTrainedModel):
     def lm_logits(self, x: jax.Array) -> jax.Array:
         """(..., C) hidden states -> (..., V) logits, through `lm_head` or the tied `wte` (x @ E^T)."""
         if self.config.tie_word_embeddings:
-            return self.transformer.wte.attend(x)
+            # `Embed.attend`'s arithmetic (its dtype promotion, then x @ E^T) as one dot_general contracting C with
+            # E's rows: attend's `x @ E.T` reaches XLA:CPU as transpose + dot, which at one row (batch-1 decoding)
+            # compiles to a loop fusion reading E transposed instead of the row-major matrix-vector kernel this
+            # gets (batch-1 decoding 1.1x-1.2x; docs/performance.md, "JAX/Flax: batch-1 decoding profile").
+            wte = self.transformer.wte
+            x, embedding = wte.promote_dtype((x, wte.embedding[...]), dtype=wte.dtype)
+            return jax.lax.dot_general(x, embedding, (((x.ndim - 1,), (1,)), ((), ())))  # (..., V)
         return self.lm_head(x)
 
     @_flax4_call
