@@ -172,12 +172,12 @@ def _setup_tf(spec: Spec):
     return tf
 
 
-def gpt2_tf(spec: Spec) -> dict[str, Callable[[], None]]:
+def gpt2_tf(spec: Spec, dtype: str = "float32") -> dict[str, Callable[[], None]]:
     tf = _setup_tf(spec)
     from gpt2_core import GPT2Config
     from gpt2_tf import TFGPT2LMHeadModel
 
-    model = TFGPT2LMHeadModel(GPT2Config(**spec.config), seed=0)
+    model = TFGPT2LMHeadModel(GPT2Config(**spec.config), seed=0, dtype=dtype)
 
     def decode(batch: int, num_beams: int = 1) -> Callable[[], None]:
         ids = spec.prompts(batch)
@@ -196,17 +196,21 @@ def gpt2_tf(spec: Spec) -> dict[str, Callable[[], None]]:
             "forward_1x1024": lambda: forward_fn(long_ids).numpy()}
 
 
-def gpt2_flax(spec: Spec) -> dict[str, Callable[[], None]]:
+def gpt2_flax(spec: Spec, dtype: str = "float32") -> dict[str, Callable[[], None]]:
     import jax
     import numpy as np
     from flax import nnx
 
     from gpt2_core import GPT2Config
     from gpt2_flax import FlaxGPT2LMHeadModel
+    from gpt2_flax.weights import cast_params, set_compute_dtype
 
     if spec.device == "cuda" and jax.default_backend() != "gpu":
         raise RuntimeError(f"--device cuda, but JAX runs on {jax.default_backend()}")
     model = FlaxGPT2LMHeadModel.from_config(GPT2Config(**spec.config), seed=0)
+    if dtype != "float32":  # weights and compute in dtype: what from_pretrained(dtype=, param_dtype=) gives
+        cast_params(model, dtype)
+        set_compute_dtype(model, dtype)
 
     def decode(batch: int, num_beams: int = 1) -> Callable[[], None]:
         ids = spec.prompts(batch)
@@ -224,6 +228,14 @@ def gpt2_flax(spec: Spec) -> dict[str, Callable[[], None]]:
     long_ids = spec.prompts(1, spec.forward)
     return {"decode_b1": decode(1), "decode_b8": decode(8), "beam4_b1": decode(1, spec.num_beams),
             "forward_1x1024": lambda: forward_fn(model, long_ids).block_until_ready()}
+
+
+def gpt2_tf_bf16(spec: Spec) -> dict[str, Callable[[], None]]:
+    return gpt2_tf(spec, "bfloat16")
+
+
+def gpt2_flax_bf16(spec: Spec) -> dict[str, Callable[[], None]]:
+    return gpt2_flax(spec, "bfloat16")
 
 
 def _hf_model(spec: Spec, attn: str, dtype: str = "float32"):
@@ -413,6 +425,8 @@ CONTENDERS: dict[str, tuple[Callable[[Spec], dict], str, dict]] = {
     "gpt2_torch_int8": (gpt2_torch_int8, "gpt2_torch int8 weight-only", {}),
     "gpt2_tf": (gpt2_tf, "gpt2_tf fp32 (XLA)", {"KERAS_BACKEND": "tensorflow"}),
     "gpt2_flax": (gpt2_flax, "gpt2_flax fp32 (jit)", {}),
+    "gpt2_tf_bf16": (gpt2_tf_bf16, "gpt2_tf bf16 (XLA)", {"KERAS_BACKEND": "tensorflow"}),
+    "gpt2_flax_bf16": (gpt2_flax_bf16, "gpt2_flax bf16 (jit)", {}),
     "transformers_eager": (transformers_eager, "transformers fp32 eager", {}),
     "transformers_sdpa": (transformers_sdpa, "transformers fp32 sdpa", {}),
     "transformers_sdpa_bf16": (transformers_sdpa_bf16, "transformers bf16 sdpa", {}),
