@@ -20,6 +20,12 @@ use one optimizer: `make_lm_adamw` (torch.optim.AdamW's arithmetic at unit rate,
 `gpt2_core.training.decays`), `clip_by_global_norm` (torch's `clip_grad_norm_`) and the rate
 of `gpt2_core.training.learning_rate` (`make_optimizer` reads it from `make_schedule`, the loop passes it per step).
 
+`--bf16` (`TrainConfig.precision == "bf16"`) is transformers 4.x Flax's mixed precision: the model built for
+training computes in `dtype=jnp.bfloat16` (`gpt2_flax.weights.set_compute_dtype`: every Linear, Embed and LayerNorm
+casts its inputs and parameters to it) over `param_dtype=jnp.float32` parameters, so the gradients, the optax state
+and the saved checkpoint are float32. LayerNorm statistics (flax's rule), the attention softmax and the loss
+(gpt2_flax.model) are float32.
+
 References: optax `adamw`, `scale_by_schedule`; flax NNX guides "Performance considerations" and "Scale up on
 multiple devices"; nanoGPT `train.py` (decay only matrices).
 """
@@ -27,6 +33,7 @@ multiple devices"; nanoGPT `train.py` (decay only matrices).
 from __future__ import annotations
 
 import functools
+import logging
 from pathlib import Path
 from typing import Any, Mapping, NamedTuple
 
@@ -42,6 +49,8 @@ from gpt2_core import training as core
 from gpt2_core.config import GPT2Config
 from gpt2_core.hub import atomic_path
 from gpt2_core.training import TrainConfig, decays, run_training
+
+logger = logging.getLogger(__name__)
 
 DATA_AXIS = "data"
 OPTIMIZER_NAME = "optimizer.npz"
@@ -326,6 +335,7 @@ class FlaxTrainer:
               optimizer_state: Path | None) -> None:
         from gpt2_flax import sharding
         from gpt2_flax.model import FlaxGPT2LMHeadModel, default_rngs
+        from gpt2_flax.weights import set_compute_dtype
 
         # every process has checked --output-dir (run_training) before process 0 writes the first metrics line
         sharding.barrier("gpt2 train: output directory checked")
@@ -339,6 +349,10 @@ class FlaxTrainer:
                 model = FlaxGPT2LMHeadModel.from_config(config, seed=tc.seed)
             else:
                 model = FlaxGPT2LMHeadModel.from_pretrained(weights, config=config, rngs=default_rngs(tc.seed))
+            if tc.precision == "bf16":
+                set_compute_dtype(model, jnp.bfloat16)  # the parameters stay float32
+                logger.info("Training in bf16 mixed precision: compute dtype bfloat16, parameters, gradients and "
+                            "optax state float32.")
             tx = make_lm_adamw(model, self.hp)
             params = lambda: {path: var.get_value() for path, var in _param_vars(model).items()}  # noqa: E731
             template = jax.eval_shape(tx.init, params())

@@ -222,7 +222,8 @@ class TFGPT2Attention(keras.layers.Layer):
             att = tf.where(key_ok, att, tf.constant(att.dtype.min / 2, att.dtype))
         if causal is not None:
             att = tf.where(causal, att, tf.constant(att.dtype.min, att.dtype))
-        att = tf.cast(tf.nn.softmax(att, axis=-1), v.dtype)
+        # softmax in float32 whatever the compute dtype (mixed_bfloat16, bfloat16), as torch and flax
+        att = tf.cast(tf.nn.softmax(tf.cast(att, tf.float32), axis=-1), v.dtype)
         att = self.attn_dropout(att, training=training)
         if head_mask is not None:  # (1, N, 1, 1): transformers 4.x scales the probabilities after dropout
             att = att * tf.cast(head_mask, att.dtype)

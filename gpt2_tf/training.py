@@ -23,6 +23,13 @@ ops. `rank` is the worker's index (the chief, or worker 0 without one, is rank 0
 every worker takes part in evaluation and saving, and only rank 0 writes (TF's guide has non-chief workers save to a
 throwaway directory; here they write nothing, since reading a mirrored variable needs no collective op).
 
+`--bf16` (`TrainConfig.precision == "bf16"`) builds the model under the Keras `"mixed_bfloat16"` dtype policy
+(keras.io/api/mixed_precision/policy): its variables (and so the gradients, this AdamW's moments and the saved
+checkpoint) are float32, and every layer computes in bfloat16, reading its variables cast to bfloat16. LayerNorm
+computes its statistics in float32 (`keras.ops.layer_normalization` upcasts half-precision inputs), and
+gpt2_tf.model keeps the attention softmax and the loss in float32. No loss scaling: bf16 has float32's range
+(Keras' `LossScaleOptimizer` is for float16).
+
 `--shard-params` is refused (`SHARD_PARAMS_UNSUPPORTED`): nothing in tf.distribute shards a Keras 3 model's
 variables for synchronous training. `ParameterServerStrategy` (variable partitioners -> `ShardedVariable`) is
 asynchronous, places the shards on CPU parameter-server tasks rather than on the accelerators, and is not supported
@@ -34,6 +41,7 @@ keras/src/backend/tensorflow/distribution_lib.py). Train with `--backend flax --
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from pathlib import Path
@@ -51,7 +59,12 @@ from gpt2_core.training import TrainConfig, decays, run_training  # noqa: E402
 from gpt2_tf.model import TFGPT2LMHeadModel  # noqa: E402
 from gpt2_tf.weights import named_variables  # noqa: E402
 
+logger = logging.getLogger(__name__)
+
 OPTIMIZER_NAME = "optimizer.npz"
+
+# `TrainConfig.precision` -> the Keras dtype policy of the model built for training
+DTYPE_POLICIES = {"fp32": "float32", "bf16": "mixed_bfloat16"}
 
 SHARD_PARAMS_UNSUPPORTED = (
     "--shard-params is not available with --backend tf: tf.distribute has no synchronous parameter sharding for a "
@@ -258,11 +271,16 @@ class TFTrainer:
         if tc.shard_params:
             raise ValueError(SHARD_PARAMS_UNSUPPORTED)
         keras.utils.set_random_seed(tc.seed)  # dropout (its masks differ from torch's: equal curves need dropout 0)
+        policy = DTYPE_POLICIES[tc.precision]
+        if tc.precision == "bf16":
+            logger.info("Training in bf16 mixed precision: Keras dtype policy %r (variables, gradients and AdamW state "
+                        "float32, compute bfloat16).", policy)
         with self.strategy.scope():
             if weights is None:
-                model = TFGPT2LMHeadModel.from_config(config, seed=tc.seed)
+                # from_config(config, seed) is this constructor; it takes no dtype
+                model = TFGPT2LMHeadModel(config, seed=tc.seed, dtype=policy)
             else:
-                model = TFGPT2LMHeadModel.from_pretrained(weights, config=config)
+                model = TFGPT2LMHeadModel.from_pretrained(weights, config=config, dtype=policy)
             optimizer = AdamW(model, tc)
             if optimizer_state is not None and (optimizer_state / OPTIMIZER_NAME).exists():
                 with np.load(optimizer_state / OPTIMIZER_NAME, allow_pickle=False) as state:

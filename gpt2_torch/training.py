@@ -9,10 +9,19 @@ loss curve does not depend on the number of processes, nor on sharding.
 Checkpoints are the same files in every mode: the model in Hub layout and `optimizer.pt`, the whole optimizer state
 keyed by parameter name (torch.distributed.checkpoint's `get_optimizer_state_dict`); under FSDP both are gathered
 whole to rank 0, which writes them. So a run resumes on any number of processes, sharded or not.
+
+`--bf16` (`TrainConfig.precision == "bf16"`) is mixed precision as transformers' Trainer does it: the forward and
+the loss run under `torch.autocast(dtype=torch.bfloat16)` (the backward follows the forward's dtypes), the
+parameters, gradients and AdamW state stay float32. Under autocast the Linear layers and attention matmuls run in
+bfloat16, while the residual stream stays float32 (embeddings are float32 and bf16 + float32 adds in float32), so
+LayerNorm sees float32 inputs; the attention softmax (`dtype=torch.float32`) and the loss (`.float()` logits, and
+cross entropy on autocast's float32 list) are float32. Under FSDP2 the same autocast wraps the sharded forward; no
+`MixedPrecisionPolicy` is set, so parameters are gathered and gradients reduce-scattered in float32.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import warnings
@@ -110,6 +119,16 @@ class TorchTrainer:
         self.memory = {"full_param_bytes": full_bytes, "param_bytes": distributed.local_parameter_bytes(model)}
         self.metrics = Path(tc.output_dir) / METRICS_NAME
         self.memory_logged = False
+        self.bf16 = tc.precision == "bf16"
+        if self.bf16:
+            logger.info("Training in bf16 mixed precision: torch.autocast(%r, dtype=torch.bfloat16) over the forward "
+                        "and loss; parameters, gradients and AdamW state float32.", self.device.type)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The precision context of the forward and the loss: `torch.autocast` to bfloat16 for `--bf16`, else none."""
+        if self.bf16:
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     def num_parameters(self) -> int:
         return self.model.num_parameters()
@@ -132,9 +151,12 @@ class TorchTrainer:
         with warnings.catch_warnings():
             # FSDP2 warns that the logits are a view (nn.Linear on (B, T, C)); nothing writes to them in place
             warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
-            loss = self.ddp(input_ids=x, labels=x).loss
+            with self.autocast():
+                loss = self.ddp(input_ids=x, labels=x).loss
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()  # DDP all-reduces, FSDP reduce-scatters: both average the gradients over the ranks
+        # outside autocast (torch's rule: each op's backward runs in its forward's dtype); DDP all-reduces, FSDP
+        # reduce-scatters: both average the gradients over the ranks
+        loss.backward()
         grad_norm = distributed.clip_grad_norm_(self.model.parameters(), self.max_norm)
         self.optimizer.step()
         loss = self._mean(loss.detach())
@@ -171,7 +193,8 @@ class TorchTrainer:
         losses = []
         for b in batches:
             x = self._rows(b) if self.collective else torch.from_numpy(b).long().to(self.device)
-            loss = model(input_ids=x, labels=x).loss
+            with self.autocast():
+                loss = model(input_ids=x, labels=x).loss
             losses.append(float(self._mean(loss) if self.collective else loss))
         if self.collective:
             model.reshard()  # a forward without backward leaves the root's parameters gathered
