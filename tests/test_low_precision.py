@@ -6,9 +6,9 @@
 2. Cached greedy `generate` in bf16 / fp16: the KV cache `generate` builds holds the compute dtype, and the tokens
    equal that backend's own uncached step-by-step argmax in the same dtype (the cache adds no drift).
 3. Greedy tokens of the shipped model, the 5 prompts of docs/performance.md, 32 new tokens: bf16 across the three
-   backends and against the float64 reference, fp16 against fp32 in each backend. Equal, or, at the first position
-   where they differ, the float64 reference's two best logits (on the shared prefix) are a near tie (`NEAR_TIE`) and
-   are the two tokens chosen.
+   backends and against the float64 reference, fp16 against the float64 reference in each backend. Equal, or, at
+   the first position where they differ, the float64 reference's two best logits (on the shared prefix) are a near
+   tie (`NEAR_TIE`) and are the two tokens chosen.
 4. What stays float32: the attention softmax (its rows sum to 1 within 2e-3 over 300 keys; a pure bf16 softmax
    misses by ~8e-3 there). Plus Flax's `dtype` alone (bf16 compute over float32 parameters).
 """
@@ -292,8 +292,11 @@ def test_bf16_greedy_tokens_against_float64_reference(backend):
     differences_are_near_ties(_greedy(backend.name, "bfloat16"), _reference_greedy("bfloat16"), "bfloat16")
 
 
-def test_fp16_greedy_tokens_equal_fp32(backend):
-    differences_are_near_ties(_greedy(backend.name, "float16"), _greedy(backend.name, "float32"), "float16")
+def test_fp16_greedy_tokens_against_float64_reference(backend):
+    """fp16 against the float64 reference on the file's weights (the shipped file holds float16, so those are the
+    weights an fp16 model holds). Against the reference rather than the backend's fp32 run: one compiled generate
+    fewer per backend."""
+    differences_are_near_ties(_greedy(backend.name, "float16"), _reference_greedy("float16"), "float16")
 
 
 # -- 4. what stays float32: the attention softmax ---------------------------------------------------------------------
