@@ -197,7 +197,7 @@ def read_quantized(
         ValueError: Another quantization method, a format other than safetensors, int8 weights and scales that do
             not pair up, shapes that do not fit the config.
     """
-    from weights_convert.formats import get_format
+    from weights_convert.formats import drop_mismatched_head, get_format
     from weights_convert.formats.base import dtype_name, is_float_dtype, stub
     from weights_convert.formats.safetensors import list_tensors
 
@@ -226,12 +226,7 @@ def read_quantized(
                       and not any(p.match(k) for p in naming.IGNORED_KEY_PATTERNS)
                       and not (k.endswith("lm_head.weight") and config.tie_word_embeddings)]
         unexpected += [scale_names[n] for n in unexpected if n in scale_names]
-        mismatched = []
-        if ignore_mismatched_sizes:
-            for key in [k for k in selected if naming.is_head_key(k) and k in expected]:
-                if tuple(selected[key].shape) != tuple(expected[key][0]):
-                    mismatched.append((key, tuple(selected[key].shape), tuple(expected[key][0])))
-                    del selected[key]
+        mismatched = drop_mismatched_head(selected, expected) if ignore_mismatched_sizes else []
         missing = naming.check_canonical(selected, config, head, f"quantized {where}",
                                          allow_missing_head=allow_missing_head or bool(mismatched))
         scale_of = {k: scale_names[origin[k]] for k in selected if origin[k] in scale_names}

@@ -22,7 +22,7 @@ import contextlib
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -188,6 +188,17 @@ def open_checkpoint(
         raise
 
 
+def drop_mismatched_head(selected: dict, expected: Mapping) -> list[tuple[str, tuple, tuple]]:
+    """`ignore_mismatched_sizes`: remove from `selected` the head tensors whose shape is not the config's
+    (`expected[key][0]`); returns (key, file shape, config shape) of each, for the caller to initialise and report."""
+    mismatched = []
+    for key in [k for k in selected if naming.is_head_key(k) and k in expected]:
+        if tuple(selected[key].shape) != tuple(expected[key][0]):
+            mismatched.append((key, tuple(selected[key].shape), tuple(expected[key][0])))
+            del selected[key]
+    return mismatched
+
+
 def _open(
     path: Path, fmt: Format, config, head: str | None, allow_missing_head: bool, closers: list,
     ignore_mismatched_sizes: bool = False,
@@ -244,12 +255,8 @@ def _open(
         if k not in selected and not any(p.match(origin[k]) for p in naming.IGNORED_KEY_PATTERNS)
         and not (k == "lm_head.weight" and cfg.tie_word_embeddings)
     ]
-    mismatched = []
+    mismatched = drop_mismatched_head(selected, expected) if ignore_mismatched_sizes else []
     if ignore_mismatched_sizes:
-        for key in [k for k in selected if naming.is_head_key(k) and k in expected]:
-            if tuple(selected[key].shape) != tuple(expected[key][0]):
-                mismatched.append((key, tuple(selected[key].shape), tuple(expected[key][0])))
-                del selected[key]
         if mismatched:
             logger.warning(
                 "Head tensors of the checkpoint do not fit the config and are newly initialised "
