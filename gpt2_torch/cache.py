@@ -16,7 +16,7 @@ References: transformers `cache_utils.py` (`StaticCache`, `DynamicCache`); flax 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
@@ -43,6 +43,7 @@ class KVCache:
     key: tuple[torch.Tensor, ...]
     value: tuple[torch.Tensor, ...]
     length: torch.Tensor
+    _write_index: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # T -> (T,) slots
 
     def __post_init__(self) -> None:
         self.key, self.value = tuple(self.key), tuple(self.value)
@@ -99,8 +100,15 @@ class KVCache:
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write (B, N, T, H) keys and values of `layer` at `length` (in place); return its (B, N, S_max, H) buffers."""
         key, value = self.key[layer], self.value[layer]
-        # An index tensor, not a slice: the position stays on the device (no host sync, compilable).
-        index = self.length.to(device=key.device, dtype=torch.long) + torch.arange(k.shape[2], device=key.device)
+        # An index tensor, not a slice: the position stays on the device (no host sync, compilable). Every layer
+        # writes the same slots, so eager calls make it once per cache and call length (not while compiling: no
+        # side effects in the graph).
+        T = k.shape[2]
+        index = None if torch.compiler.is_compiling() else self._write_index.get(T)
+        if index is None or index.device != key.device:
+            index = self.length.to(device=key.device, dtype=torch.long) + torch.arange(T, device=key.device)
+            if not torch.compiler.is_compiling():
+                self._write_index[T] = index
         key.index_copy_(2, index, k.to(key.dtype))
         value.index_copy_(2, index, v.to(value.dtype))
         return key, value

@@ -41,6 +41,7 @@ from gpt2_core.outputs import (
     TokenClassifierOutput,
 )
 from gpt2_torch.cache import KVCache
+from gpt2_torch.linear import Linear
 
 logger = logging.getLogger(__name__)
 
@@ -113,11 +114,11 @@ class GPT2Attention(nn.Module):
         self.scale = reference.attention_scale(config, layer_idx)
         self.reorder_and_upcast_attn = config.reorder_and_upcast_attn
         if is_cross_attention:
-            self.c_attn = nn.Linear(C, 2 * C)
-            self.q_attn = nn.Linear(C, C)
+            self.c_attn = Linear(C, 2 * C)
+            self.q_attn = Linear(C, C)
         else:
-            self.c_attn = nn.Linear(C, 3 * C)
-        self.c_proj = nn.Linear(C, C)
+            self.c_attn = Linear(C, 3 * C)
+        self.c_proj = Linear(C, C)
         self.attn_dropout = nn.Dropout(config.attn_pdrop)
         self.resid_dropout = nn.Dropout(config.resid_pdrop)
 
@@ -207,8 +208,8 @@ class GPT2MLP(nn.Module):
 
     def __init__(self, config: GPT2Config) -> None:
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, config.inner_dim)
-        self.c_proj = nn.Linear(config.inner_dim, config.n_embd)
+        self.c_fc = Linear(config.n_embd, config.inner_dim)
+        self.c_proj = Linear(config.inner_dim, config.n_embd)
         self.act = ACT2FN[config.activation_function]
         self.dropout = nn.Dropout(config.resid_pdrop)
 
@@ -993,7 +994,7 @@ def _resized_lm_head(old: nn.Linear, n: int, mean_resizing: bool, std: float) ->
     """transformers v5 `_get_resized_lm_head` for an untied head (an `nn.Linear`, `[V, C]`)."""
     old_n, C = old.weight.shape
     has_bias = old.bias is not None
-    new = nn.Linear(C, n, bias=has_bias, device=old.weight.device, dtype=old.weight.dtype)
+    new = Linear(C, n, bias=has_bias, device=old.weight.device, dtype=old.weight.dtype)
     if n > old_n and not mean_resizing:
         nn.init.normal_(new.weight, mean=0.0, std=std)
         if has_bias:
@@ -1070,7 +1071,7 @@ class GPT2LMHeadModel(GPT2PreTrainedModel):
     def __init__(self, config: GPT2Config) -> None:
         super().__init__(config)
         self.transformer = GPT2Model(config)
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.n_embd, config.vocab_size, bias=False)
         self.tie_weights()
         self.register_state_dict_post_hook(_tied_head_state_dict_hook)
         self.register_load_state_dict_pre_hook(_tied_head_load_hook)
@@ -1224,7 +1225,7 @@ class GPT2SequenceSummary(nn.Module):
         self.summary = nn.Identity()
         if config.summary_use_proj:
             n = 1 if config.summary_proj_to_labels else config.n_embd
-            self.summary = nn.Linear(config.n_embd, n)
+            self.summary = Linear(config.n_embd, n)
         self.activation = torch.tanh if config.summary_activation == "tanh" else (lambda x: x)
         self.first_dropout = nn.Dropout(config.summary_first_dropout or 0.0)
 
@@ -1260,7 +1261,7 @@ class GPT2DoubleHeadsModel(GPT2PreTrainedModel):
             config.num_labels = 1
         super().__init__(config)
         self.transformer = GPT2Model(config)
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.n_embd, config.vocab_size, bias=False)
         self.tie_weights()
         self.register_state_dict_post_hook(_tied_head_state_dict_hook)
         self.register_load_state_dict_pre_hook(_tied_head_load_hook)
@@ -1333,7 +1334,7 @@ class GPT2ForSequenceClassification(GPT2PreTrainedModel):
         super().__init__(config)
         self.num_labels = config.num_labels
         self.transformer = GPT2Model(config)
-        self.score = nn.Linear(config.n_embd, config.num_labels, bias=False)
+        self.score = Linear(config.n_embd, config.num_labels, bias=False)
         if not _skip_init():
             self.init_weights()
 
@@ -1414,7 +1415,7 @@ class GPT2ForTokenClassification(GPT2PreTrainedModel):
         self.transformer = GPT2Model(config)
         p = config.classifier_dropout if config.classifier_dropout is not None else 0.1
         self.dropout = nn.Dropout(p)
-        self.classifier = nn.Linear(config.n_embd, config.num_labels)
+        self.classifier = Linear(config.n_embd, config.num_labels)
         if not _skip_init():
             self.init_weights()
 
@@ -1471,7 +1472,7 @@ class GPT2ForQuestionAnswering(GPT2PreTrainedModel):
     def __init__(self, config: GPT2Config) -> None:
         super().__init__(config)
         self.transformer = GPT2Model(config)
-        self.qa_outputs = nn.Linear(config.n_embd, 2)
+        self.qa_outputs = Linear(config.n_embd, 2)
         if not _skip_init():
             self.init_weights()
 
