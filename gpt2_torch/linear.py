@@ -12,6 +12,7 @@ relative difference ~1e-7):
 * the input and weight are float32, strided, on the CPU, plain tensors (no DTensor, fake or other subclass);
 * autograd is off (`torch.no_grad()` / `torch.inference_mode()`, as in `generate`): the op has no backward, so
   training keeps `F.linear`;
+* not under `torch.autocast("cpu")` (the autocast dtype applies, as to `F.linear`);
 * not while `torch.compile` traces (inductor makes its own choice);
 * oneDNN is available and enabled: `torch.backends.mkldnn.enabled = False` (torch's own switch) turns the path
   off, as does `gpt2_torch.linear.set_cpu_kernel("aten")`.
@@ -50,6 +51,7 @@ def uses_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
         and _state["kernel"] == "onednn"
         and not torch.is_grad_enabled()
         and x.device.type == "cpu"
+        and not torch.is_autocast_enabled("cpu")
         and x.dtype == torch.float32
         and weight.dtype == torch.float32
         and type(x) is torch.Tensor

@@ -73,6 +73,9 @@ def test_rule_keeps_aten_where_onednn_may_not_run(kernel) -> None:
         assert L.uses_onednn(x, w)
     with torch.inference_mode():
         assert L.uses_onednn(x, w)
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast's dtype applies, as to F.linear
+            assert not L.uses_onednn(x, w)
+            assert L.Linear(4, 8)(x).dtype == torch.bfloat16
 
 
 def test_unknown_kernel_is_a_value_error() -> None:
