@@ -477,9 +477,44 @@ def load_tokenizer(pretrained: str | None):
     return GPT2TokenizerFast()  # same ids as GPT2Tokenizer (tested), much faster on a corpus
 
 
-def save_checkpoint(backend: TrainerBackend, tokenizer, directory: Path, step: int, tc: TrainConfig, extra: dict) -> None:
+class TokenizerFiles:
+    """A run's tokenizer as the bytes of its `save_pretrained` files, serialized once (by the first save) and
+    written as they are into every later checkpoint and the final model directory: serializing GPT-2's
+    `tokenizer.json` takes about half a second, and the tokenizer does not change during a run."""
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.files: dict[str, bytes] | None = None
+
+    def write(self, directory: Path) -> None:
+        """Write the files into `directory`, a staging directory nobody else reads yet (`atomic_directory`)."""
+        from gpt2_core.hub import default_mode
+
+        if self.files is None:
+            before = set(os.listdir(directory))
+            self.tokenizer.save_pretrained(directory)
+            self.files = {name: (directory / name).read_bytes() for name in sorted(set(os.listdir(directory)) - before)}
+            return
+        for name, data in self.files.items():
+            path = directory / name
+            path.write_bytes(data)
+            os.chmod(path, default_mode())
+
+    def save_pretrained(self, directory: Path) -> None:
+        """As `tokenizer.save_pretrained(directory)`: the files published together, other files kept."""
+        if self.files is None:
+            self.tokenizer.save_pretrained(directory)
+            return
+        from gpt2_core.tokenization_io import atomic_save
+
+        with atomic_save(directory) as staging:
+            self.write(staging)
+
+
+def save_checkpoint(backend: TrainerBackend, tokenizer: TokenizerFiles, directory: Path, step: int, tc: TrainConfig,
+                    extra: dict) -> None:
     """A Hub-layout model directory plus optimizer and trainer state; the state file is written last, so a
-    directory without it is incomplete and ignored by resume."""
+    directory without it is incomplete and ignored by resume. Every checkpoint holds the whole tokenizer."""
     from gpt2_core.hub import atomic_directory
 
     if backend.rank != 0:  # a collective backend's other ranks: they take part in the gather, rank 0 writes
@@ -489,7 +524,7 @@ def save_checkpoint(backend: TrainerBackend, tokenizer, directory: Path, step: i
     # half-written checkpoint-STEP, and re-saving one replaces it in one step
     with atomic_directory(directory, force=True) as tmp:
         backend.save(tmp, optimizer=True)
-        tokenizer.save_pretrained(tmp)
+        tokenizer.write(tmp)
         write_state(tmp, step, tc, extra)
 
 
@@ -603,6 +638,7 @@ def run_training(tc: TrainConfig, backend: TrainerBackend, progress: bool = True
         log.write(event="start", backend=backend.name, world_size=world, n_params=backend.num_parameters(),
                   n_tokens=ds.n_tokens, train_blocks=len(ds.train), eval_blocks=len(ds.eval), eval_files=ds.eval_files,
                   unigram_eval_loss=unigram_loss(ds, config.vocab_size), train_config=tc.to_json())
+    tokenizer_files = TokenizerFiles(tokenizer)
     batches = ds.batches(tc.batch_size, tc.seed, start_step)
     eval_set = ds.eval_batches(backend.eval_batch_size(tc), tc.eval_batches)
     bar = None
@@ -636,7 +672,7 @@ def run_training(tc: TrainConfig, backend: TrainerBackend, progress: bool = True
             last.update(eval_loss=eval_loss, eval_perplexity=math.exp(min(eval_loss, 50)))
             log.write(step=done, eval_loss=eval_loss, eval_perplexity=last["eval_perplexity"])
         if (rank == 0 or collective) and tc.save_every and done % tc.save_every == 0 and done != tc.max_steps:
-            save_checkpoint(backend, tokenizer, out / f"checkpoint-{done}", done, tc, last)
+            save_checkpoint(backend, tokenizer_files, out / f"checkpoint-{done}", done, tc, last)
         backend.sync()
         if bar is not None:
             bar.update(1)
@@ -644,10 +680,10 @@ def run_training(tc: TrainConfig, backend: TrainerBackend, progress: bool = True
         bar.close()
     if rank == 0 or collective:
         if start_step < tc.max_steps:  # resuming a finished run re-publishes its final model, from that checkpoint
-            save_checkpoint(backend, tokenizer, out / f"checkpoint-{tc.max_steps}", tc.max_steps, tc, last)
+            save_checkpoint(backend, tokenizer_files, out / f"checkpoint-{tc.max_steps}", tc.max_steps, tc, last)
         backend.save(out if rank == 0 else None, optimizer=False)
     if rank == 0:
-        tokenizer.save_pretrained(out)
+        tokenizer_files.save_pretrained(out)
         log.write(event="end", **last)
     backend.close()
     return last

@@ -122,6 +122,13 @@ def test_cadence_and_checkpoint_layout(corpus, tmp_path):
     assert (tmp_path / "logits.npy").exists() and not (tmp_path / "momentum.npy").exists()
     assert backend.calls == ["build config=True weights=False optimizer_state=False", "save checkpoint-3 optimizer=True",
                              "save checkpoint-6 optimizer=True", f"save {tmp_path.name} optimizer=False", "close"]
+    # each checkpoint and the final model hold the whole tokenizer: byte for byte (and mode) what it saves itself
+    oracle = tmp_path / "oracle"
+    core_training.load_tokenizer(None).save_pretrained(oracle)
+    want = {f.name: (f.read_bytes(), f.stat().st_mode) for f in oracle.iterdir()}
+    assert {"tokenizer.json", "tokenizer_config.json", "merges.txt"} <= set(want)
+    for d in (tmp_path / "checkpoint-3", tmp_path / "checkpoint-6", tmp_path):
+        assert {name: ((d / name).read_bytes(), (d / name).stat().st_mode) for name in want} == want, d.name
 
 
 def test_resume_continues_the_same_curve(corpus, tmp_path):
