@@ -278,9 +278,13 @@ def tiny_tmpfs(tmp_path):
     try:
         yield mnt
     finally:
-        gc.collect()  # a failed writer (torch.save's) may still hold a file open there
-        if subprocess.run(["umount", str(mnt)], capture_output=True).returncode:
-            subprocess.run(["umount", "-l", str(mnt)], check=True)  # busy: detach now, freed when the file closes
+        def unmounted() -> bool:
+            return subprocess.run(["umount", str(mnt)], capture_output=True).returncode == 0
+
+        if not unmounted():
+            gc.collect()  # busy: a failed writer (torch.save's) may still hold a file open there
+            if not unmounted():
+                subprocess.run(["umount", "-l", str(mnt)], check=True)  # still busy: detach now, freed on close
 
 
 @pytest.mark.parametrize("to", ["pytorch", "safetensors", "flax"])
