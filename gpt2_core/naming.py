@@ -224,16 +224,28 @@ def backend_keys(canonical: Mapping[str, np.ndarray], backend: str, config: GPT2
 
 
 def iter_backend(
-    canonical: Mapping[str, np.ndarray], backend: str, config: GPT2Config, head: str = "base"
+    canonical: Mapping[str, np.ndarray],
+    backend: str,
+    config: GPT2Config,
+    head: str = "base",
+    *,
+    contiguous: bool = True,
 ) -> Iterator[tuple[str, np.ndarray]]:
     """`to_backend` one tensor at a time: (backend path, array in backend layout). A loader that copies each array
-    into its parameter as it comes holds one transposed tensor at a time, not a second copy of the model."""
+    into its parameter as it comes holds one transposed tensor at a time, not a second copy of the model; with
+    `contiguous=False` a transposed matrix comes as a view (no copy), for a loader whose copy takes any strides (and
+    a value read from `canonical` is dropped as soon as the loader moves on: a lazy mapping, such as
+    `weights_convert`'s `CheckpointTensors`, then never holds more than one tensor)."""
     paths = _backend_paths(backend, config, head)
-    for key, value in canonical.items():
+    for key in canonical:
         if key not in paths:
             raise KeyError(key)
         path, transpose = paths[key]
-        yield path, (np.ascontiguousarray(np.asarray(value).T) if transpose else np.asarray(value))
+        value = np.asarray(canonical[key])
+        if transpose:
+            value = np.ascontiguousarray(value.T) if contiguous else value.T
+        yield path, value
+        del value
 
 
 def check_canonical(

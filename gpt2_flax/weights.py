@@ -34,10 +34,14 @@ def load_canonical(model, canonical: dict[str, np.ndarray]) -> None:
     keys = naming.backend_keys(canonical, "flax", model.config, model.head)
     if keys != set(params):
         raise RuntimeError(f"naming table and flax model disagree: {sorted(keys ^ set(params))[:10]}")
-    # one tensor at a time (naming.iter_backend): peak memory is the model plus the canonical dict, not a third copy
+    # One tensor at a time (naming.iter_backend): peak memory is the model plus one tensor (a lazy mapping, as
+    # load_pretrained gives for safetensors) or plus the canonical dict. On CPU `jnp.asarray` keeps a read-only
+    # array's buffer without copying it: a memory map of the checkpoint is therefore copied first (else the
+    # parameter would live in the file's pages, changed by anything rewriting the file in place).
     for path, value in naming.iter_backend(canonical, "flax", model.config, model.head):
         var = params[path]
-        var.set_value(jnp.asarray(np.ascontiguousarray(value), dtype=var.get_value().dtype))
+        value = np.ascontiguousarray(value) if value.flags.writeable else np.array(value, order="C")
+        var.set_value(jnp.asarray(value, dtype=var.get_value().dtype))
 
 
 def cast_params(model, dtype: Any) -> None:

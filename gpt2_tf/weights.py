@@ -63,7 +63,8 @@ def load_canonical(model, canonical: Mapping[str, np.ndarray]) -> None:
     keys = naming.backend_keys(canonical, "tf", model.config, model.head)
     if keys != set(variables):
         raise RuntimeError(f"naming table and tf model disagree: {sorted(keys ^ set(variables))[:10]}")
-    # one tensor at a time (naming.iter_backend): peak memory is the model plus the canonical dict, not a third copy
+    # One tensor at a time (naming.iter_backend): peak memory is the model plus one tensor (a lazy mapping, as
+    # load_pretrained gives for safetensors) or plus the canonical dict. `assign` copies into the variable.
     for path, value in naming.iter_backend(canonical, "tf", model.config, model.head):
         variable = variables[path]
         variable.assign(np.asarray(value).astype(variable.dtype, copy=False))

@@ -61,7 +61,9 @@ class Pretrained:
 
     Args:
         config: The config (the checkpoint's config.json, or the one passed in), with the keyword overrides applied.
-        canonical: Every canonical tensor of `head` (`gpt2_core.naming`), in the file's dtype.
+        canonical: Every canonical tensor of `head` (`gpt2_core.naming`), in the file's dtype: a dict, or for
+            safetensors checkpoints a `weights_convert.formats.base.CheckpointTensors` mapping that reads each
+            tensor from the still open file when it is accessed (a read-only memory map of it).
         head: The head it was read for.
         missing_head_keys: Head keys the checkpoint lacked (or, with `ignore_mismatched_sizes`, had in another
             shape), newly initialised in `canonical`.
@@ -88,7 +90,7 @@ class Pretrained:
     """
 
     config: GPT2Config
-    canonical: dict[str, np.ndarray]
+    canonical: "dict[str, np.ndarray] | formats_base.CheckpointTensors"
     head: str
     missing_head_keys: list[str] = field(default_factory=list)
     path: Path | None = None
@@ -274,7 +276,8 @@ def load_pretrained(
             both given and different is an error. The tensors keep the file's dtype.
         from_pt, from_tf, from_flax: Accepted, as the no-ops they are here: every format loads in every backend.
         trust_remote_code: Accepted; no code is ever downloaded or run.
-        low_cpu_mem_usage: Accepted; tensors are always read one at a time.
+        low_cpu_mem_usage: Accepted; tensors are always read one at a time (safetensors: as they are copied into
+            the model).
         use_safetensors: True: only safetensors weights; False: never; None: the first of `hub.WEIGHT_FILES`.
         variant: Load `model.<variant>.safetensors` (or another format's file with the variant), as transformers.
         keep_quantized: A quantized checkpoint (config.json's `quantization_config`, `weights_convert.quantized`):
@@ -352,8 +355,12 @@ def load_pretrained(
                     "newly initialised head tensors of the new shape, pass ignore_mismatched_sizes=True."
                 ) from e
             raise
-        with ckpt:
-            canonical = ckpt.to_dict()
+        # safetensors (what save_pretrained writes and the Hub serves) is read lazily, one tensor at a time as the
+        # backend copies it into its parameters (formats_base.CheckpointTensors): the load then peaks near the
+        # model's size instead of twice it. Other formats, and int8 checkpoints, are read into a dict here.
+        lazy = isinstance(ckpt, formats_base.Checkpoint) and ckpt.format == "safetensors"
+        with contextlib.nullcontext() if lazy else ckpt:  # the lazy mapping closes the checkpoint itself
+            canonical = formats_base.CheckpointTensors(ckpt) if lazy else ckpt.to_dict()
             missing = list(ckpt.missing_head_keys)
             loading_info = {
                 "missing_keys": list(missing),

@@ -276,11 +276,13 @@ def _open(
             "bfloat16, float32 or float64; the file is corrupt or not a GPT-2 checkpoint: save or convert it again."
         )
 
-    loaders = {}
+    loaders, views = {}, {}
     for key in selected:
         name = origin[key]
         layout = names[name][1]
         loaders[key] = lambda load=listing[name][2], layout=layout: naming.from_file_layout(load(), layout)
+        if fmt.mapped:
+            views[key] = lambda load=listing[name][2], layout=layout: naming.from_file_layout(load(copy=False), layout)
     return Checkpoint(
         format=fmt.name,
         config=cfg,
@@ -292,6 +294,7 @@ def _open(
         unexpected_keys=unexpected,
         mismatched_keys=mismatched,
         _loaders=loaders,
+        _views=views,
         _closers=closers,
     )
 

@@ -16,6 +16,8 @@ import contextlib
 import json
 import logging
 import sys
+import weakref
+from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Mapping
@@ -121,6 +123,8 @@ class Format:
         config_beside: directory -> the config when it has no config.json (OpenAI's hparams.json), or None.
         default_head: The head when neither the names nor config.json say (None: `lm` if the body is prefixed,
             else `base`).
+        mapped: Its lister's loaders take `copy=False` and then return a read-only memory map of the tensor instead
+            of a copy in memory (`Checkpoint.view`).
     """
 
     name: str
@@ -135,6 +139,7 @@ class Format:
     locator: Callable[[Path], tuple[list[Path], Path]] | None = None
     config_beside: Callable[[Path], GPT2Config | None] | None = None
     default_head: str | None = None
+    mapped: bool = False
 
     def claims_name(self, name: str) -> bool:
         return self.claims(name) if self.claims is not None else name.endswith(self.suffixes)
@@ -213,6 +218,7 @@ class Checkpoint:
     unexpected_keys: list[str] = field(default_factory=list)
     mismatched_keys: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
     _loaders: dict[str, Callable[[], np.ndarray]] = field(repr=False, default_factory=dict)
+    _views: dict[str, Callable[[], np.ndarray]] = field(repr=False, default_factory=dict)
     _closers: list[Callable[[], None]] = field(repr=False, default_factory=list)
 
     def keys(self) -> list[str]:
@@ -225,7 +231,15 @@ class Checkpoint:
         return key in self.shapes
 
     def __getitem__(self, key: str) -> np.ndarray:
-        value = self._loaders[key]()
+        return self._checked(key, self._loaders[key]())
+
+    def view(self, key: str) -> np.ndarray:
+        """The tensor `key` as a read-only memory map of the file where the format allows it (safetensors), else
+        as `self[key]`: nothing is read until it is used, and its pages leave memory when it is dropped."""
+        view = self._views.get(key)
+        return self[key] if view is None else self._checked(key, view())
+
+    def _checked(self, key: str, value: np.ndarray) -> np.ndarray:
         if tuple(value.shape) != tuple(self.shapes[key]):  # a file that changed under us, or a lying header
             raise ValueError(
                 f"Tensor {key!r} has shape {tuple(value.shape)} but the file's header says {self.shapes[key]}. "
@@ -251,6 +265,65 @@ class Checkpoint:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class CheckpointTensors(MutableMapping):
+    """The canonical tensors of an open `Checkpoint` as a mapping that reads each one from the file on every
+    access (nothing cached), plus the tensors set in it (e.g. newly initialised head keys), which take precedence.
+    Where the format allows (safetensors) a value is a read-only memory map of the file (`Checkpoint.view`): a shape
+    check reads nothing, and the pages a read touched leave memory with the value.
+
+    What `weights_convert.pretrained.load_pretrained` hands a backend: its `load_canonical` copies one tensor at a
+    time into the model (`gpt2_core.naming.iter_backend`) and drops it, so the checkpoint is never in memory beside
+    the model's parameters (a dict of every tensor was: a load peaked at about twice the checkpoint's size). The
+    checkpoint stays open while this mapping lives; it is closed when the mapping is collected, or by `close()`.
+    `{k: np.array(v) for k, v in tensors.items()}` copies everything into memory, as `Checkpoint.to_dict()`.
+
+    Args:
+        checkpoint: An open `Checkpoint`; this mapping owns it from now on.
+    """
+
+    def __init__(self, checkpoint: Checkpoint) -> None:
+        self._checkpoint = checkpoint
+        self._set: dict[str, np.ndarray] = {}
+        self._deleted: set[str] = set()
+        self._finalizer = weakref.finalize(self, checkpoint.close)
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        if key in self._set:
+            return self._set[key]
+        if key in self._deleted or key not in self._checkpoint:
+            raise KeyError(key)
+        return self._checkpoint.view(key)
+
+    def __setitem__(self, key: str, value: np.ndarray) -> None:
+        self._set[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        if key not in self:
+            raise KeyError(key)
+        self._set.pop(key, None)
+        if key in self._checkpoint:
+            self._deleted.add(key)
+
+    def __iter__(self) -> Iterator[str]:
+        for key in self._checkpoint.keys():
+            if key not in self._deleted or key in self._set:
+                yield key
+        yield from (key for key in self._set if key not in self._checkpoint)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._set or (key in self._checkpoint and key not in self._deleted)
+
+    def __repr__(self) -> str:
+        return f"CheckpointTensors({self._checkpoint.format}, {len(self)} tensors)"
+
+    def close(self) -> None:
+        """Close the checkpoint; reading a tensor of it afterwards is an error (the ones set here stay)."""
+        self._finalizer()
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -1,11 +1,17 @@
 """`model.safetensors`, or shards `model-0000i-of-0000n.safetensors` + `model.safetensors.index.json` (Hub names).
 
-Read with `safetensors.safe_open(framework="numpy")` one tensor at a time; bfloat16 comes back as
-`ml_dtypes.bfloat16`. Written with `safetensors.numpy.save_file` (`{"format": "pt"}` metadata, as transformers).
+Listed with `safetensors.safe_open(framework="numpy")` (which checks the header against the file); each tensor is
+then read through a NumPy memory map of its own bytes (offsets from the same header, dtype little-endian as the
+format fixes it), copied out and unmapped, one at a time; bfloat16 comes back as `ml_dtypes.bfloat16`. A map kept
+open over the whole file while every tensor is read would keep every page it touched resident, counted in the
+process's RSS beside the copies. `Checkpoint.view` gives the read-only map itself, without the copy
+(`CheckpointTensors`, what `load_pretrained` hands a backend, copies each tensor only into the model). The file
+stays open from listing to the last read, so a checkpoint replaced meanwhile (an atomic save) is never mixed.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Mapping
@@ -22,31 +28,59 @@ _DTYPES = {
 }
 
 
+def _data_offsets(pinned) -> tuple[int, dict[str, tuple[int, int]]]:
+    """(where the data starts, {name: (begin, end) within the data}) of an open safetensors file: the format's
+    header (a little-endian u64 length, then that many bytes of JSON), already validated by `safe_open`."""
+    pinned.seek(0)
+    n = int.from_bytes(pinned.read(8), "little")
+    header = json.loads(pinned.read(n))
+    return 8 + n, {k: tuple(v["data_offsets"]) for k, v in header.items() if k != "__metadata__"}
+
+
 def list_tensors(files: list[Path], closers: list) -> tuple[Listing, None]:
     from safetensors import SafetensorError, safe_open
 
     out: Listing = {}
     for path in files:
         try:
-            handle = safe_open(str(path), framework="numpy")
-            handle.__enter__()
-        except (SafetensorError, OSError, ValueError) as e:
+            pinned = open(path, "rb")  # noqa: SIM115 (closed by the checkpoint's closers)
+        except OSError as e:
             raise corrupt(path, e, "safetensors file") from e
-        closers.append(lambda h=handle: h.__exit__(None, None, None))
-        for key in handle.keys():
+        closers.append(pinned.close)
+        try:
+            # the same file as `pinned` even if `path` is replaced meanwhile (Linux); elsewhere the path
+            fd_path = f"/proc/self/fd/{pinned.fileno()}"
+            with safe_open(fd_path if os.path.exists(fd_path) else str(path), framework="numpy") as handle:
+                listed = [(k, handle.get_slice(k)) for k in handle.keys()]
+                listed = [(k, tuple(sl.get_shape()), sl.get_dtype()) for k, sl in listed]
+            data_start, offsets = _data_offsets(pinned)
+        except (SafetensorError, OSError, ValueError, KeyError) as e:
+            raise corrupt(path, e, "safetensors file") from e
+        for key, shape, st_dtype in listed:
             if key in out:
                 raise ValueError(f"Tensor names repeat across shards. Received: {key!r} in {path.name}.")
-            sl = handle.get_slice(key)
-            st_dtype = sl.get_dtype()
             dtype = bfloat16() if st_dtype == "BF16" else np.dtype(_DTYPES.get(st_dtype, "float32"))
 
-            def load(h=handle, k=key, p=path):
+            def load(copy: bool = True, k=key, p=path, f=pinned, shape=shape, dtype=dtype, start=data_start,
+                     span=offsets.get(key)) -> np.ndarray:  # fmt: skip
+                begin, end = span
+                if f.closed:
+                    raise ValueError(
+                        f"The checkpoint was closed before its tensor was read. Received: {k!r} of {str(p)!r}. "
+                        "Read the tensors while the checkpoint is open (`with open_checkpoint(...)`)."
+                    )
+                if end - begin != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
+                    raise corrupt(p, ValueError(f"{k}: {end - begin} bytes for shape {shape}"), "safetensors file")
+                if begin == end:
+                    return np.zeros(shape, dtype)
                 try:
-                    return h.get_tensor(k)
-                except (SafetensorError, OSError) as e:
+                    mapped = np.memmap(f, dtype=dtype.newbyteorder("<"), mode="r", offset=start + begin,
+                                       shape=shape)  # fmt: skip
+                except (OSError, ValueError) as e:
                     raise corrupt(p, e, "safetensors file") from e
+                return np.array(mapped) if copy else mapped  # the copy unmaps its pages when `mapped` goes
 
-            out[key] = (tuple(sl.get_shape()), dtype, load)
+            out[key] = (shape, dtype, load)
     return out, None
 
 
@@ -107,4 +141,5 @@ FORMAT = Format(
     lister=list_tensors,
     writer=write,
     signature=_signature,
+    mapped=True,
 )
