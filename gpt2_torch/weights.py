@@ -29,14 +29,22 @@ def to_numpy(t: torch.Tensor) -> np.ndarray:
     return t.numpy()
 
 
-def from_numpy(value: np.ndarray) -> torch.Tensor:
-    """A NumPy array (`ml_dtypes.bfloat16` included) as a CPU tensor of the same dtype."""
-    value = np.ascontiguousarray(value)
-    if not value.flags.writeable:  # torch.from_numpy shares memory and wants it writable
-        value = value.copy()
+def from_numpy(value: np.ndarray, *, share: bool = False) -> torch.Tensor:
+    """A NumPy array (`ml_dtypes.bfloat16` included) as a CPU tensor of the same dtype.
+
+    By default the tensor owns contiguous, writable memory. With `share=True` it is a view of `value`'s memory
+    whatever its strides or writability (a read-only memory map of a checkpoint included): only to copy from.
+    """
     if value.dtype.name == "bfloat16":
-        return torch.from_numpy(value.view(np.int16)).view(torch.bfloat16)
-    return torch.from_numpy(value)
+        return from_numpy(value.view(np.int16), share=share).view(torch.bfloat16)
+    if not share:
+        value = np.ascontiguousarray(value)
+        if not value.flags.writeable:  # torch.from_numpy shares memory and wants it writable
+            value = value.copy()
+        return torch.from_numpy(value)
+    with warnings.catch_warnings():  # "The given NumPy array is not writable": it is only read
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(value)
 
 
 def canonical_state_dict(model) -> dict[str, np.ndarray]:
@@ -58,15 +66,4 @@ def load_canonical(model, canonical: dict[str, np.ndarray]) -> None:
     with torch.no_grad():
         for path, value in naming.iter_backend(canonical, "torch", model.config, model.head, contiguous=False):
             p = params[path]
-            p.copy_(_source(value))
-
-
-def _source(value: np.ndarray) -> torch.Tensor:
-    """A CPU tensor over `value`'s memory, any strides, read-only memory maps included: only to copy from."""
-    if value.dtype.name == "bfloat16":
-        return _source(value.view(np.int16)).view(torch.bfloat16)
-    if value.flags.writeable:
-        return torch.from_numpy(value)
-    with warnings.catch_warnings():  # "The given NumPy array is not writable": it is only read
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.from_numpy(value)
+            p.copy_(from_numpy(value, share=True))

@@ -355,10 +355,11 @@ def load_pretrained(
                     "newly initialised head tensors of the new shape, pass ignore_mismatched_sizes=True."
                 ) from e
             raise
-        # safetensors (what save_pretrained writes and the Hub serves) is read lazily, one tensor at a time as the
-        # backend copies it into its parameters (formats_base.CheckpointTensors): the load then peaks near the
-        # model's size instead of twice it. Other formats, and int8 checkpoints, are read into a dict here.
-        lazy = isinstance(ckpt, formats_base.Checkpoint) and ckpt.format == "safetensors"
+        # A memory-mapped format (safetensors: what save_pretrained writes and the Hub serves) is read lazily, one
+        # tensor at a time as the backend copies it into its parameters (formats_base.CheckpointTensors): the load
+        # then peaks near the model's size instead of twice it. Other formats, and int8 checkpoints, are read into
+        # a dict here.
+        lazy = isinstance(ckpt, formats_base.Checkpoint) and ckpt.mapped
         with contextlib.nullcontext() if lazy else ckpt:  # the lazy mapping closes the checkpoint itself
             canonical = formats_base.CheckpointTensors(ckpt) if lazy else ckpt.to_dict()
             missing = list(ckpt.missing_head_keys)

@@ -233,6 +233,11 @@ class Checkpoint:
     def __getitem__(self, key: str) -> np.ndarray:
         return self._checked(key, self._loaders[key]())
 
+    @property
+    def mapped(self) -> bool:
+        """Whether `view` gives read-only memory maps of the file (the format's `Format.mapped`)."""
+        return bool(self._views)
+
     def view(self, key: str) -> np.ndarray:
         """The tensor `key` as a read-only memory map of the file where the format allows it (safetensors), else
         as `self[key]`: nothing is read until it is used, and its pages leave memory when it is dropped."""
