@@ -3,10 +3,10 @@ process with the same global batch, and bad data gives clear errors. Also the `g
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
-import os
 import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -88,8 +88,18 @@ def test_resume_continues_the_same_curve(corpus, tmp_path, monkeypatch):
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", cli("cli"), *args], capture_output=True, text=True, cwd=REPO,
-                          env=dict(os.environ, PYTHONPATH=str(REPO)))
+    """`gpt2 ARGS` in this process (torch is imported once for the file; tests/test_faults.py and test_apps.py run
+    the console scripts as processes): its exit status and what it wrote, as `subprocess.run` reports them."""
+    import importlib
+
+    main = importlib.import_module(cli("cli")).main
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(args))
+        except SystemExit as e:  # argparse's own errors
+            code = e.code
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 def test_train_errors(tmp_path):

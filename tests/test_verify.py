@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 
 from conftest import REPO, make_config
+from gpt2_apps.cli import main as gpt2_main
+from gpt2_apps.cli import verify_main
 from gpt2_apps.verify import verify_model, verify_pair
 from gpt2_core import naming, reference
 from weights_convert.formats.safetensors import read_safetensors, save_safetensors
@@ -28,8 +30,18 @@ def checkpoint(tmp_path_factory):
 
 
 def run(*args):
+    """The command in a fresh Python process (its exit status and streams as a user's shell sees them)."""
     env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="3")
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=REPO, env=env)
+
+
+def run_in_process(main, argv, capsys):
+    """`main(argv)` of a console script in this process (the frameworks are imported once for the whole file; the
+    process boundary itself is covered by test_truncated_file_is_a_clear_error): (exit status, stdout, stderr)."""
+    capsys.readouterr()
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
 
 
 def test_every_backend_pair_agrees(checkpoint):
@@ -45,21 +57,21 @@ def test_every_backend_pair_agrees(checkpoint):
         assert entry["max_abs_logit_diff"] <= 1e-4 and entry["ok"], pair
 
 
-def test_cli_json_and_exit_status(checkpoint):
-    r = run("-m", "gpt2_apps.verify", str(checkpoint), "--backends", "torch,flax", "--json")
-    assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)["ok"] is True
+def test_cli_json_and_exit_status(checkpoint, capsys):
+    code, out, err = run_in_process(verify_main, [str(checkpoint), "--backends", "torch,flax", "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["ok"] is True
 
 
-def test_corrupted_weights_fail_loudly(checkpoint, tmp_path):
+def test_corrupted_weights_fail_loudly(checkpoint, tmp_path, capsys):
     """A NaN planted in one weight: every comparison fails and the exit status is 1."""
     state = read_safetensors(checkpoint / "model.safetensors")
     state["transformer.h.1.mlp.c_fc.weight"][3, 5] = np.nan
     save_safetensors(state, tmp_path)
     (tmp_path / "config.json").write_text((checkpoint / "config.json").read_text())
-    r = run("-m", "gpt2_apps.verify", str(tmp_path), "--backends", "torch")
-    assert r.returncode == 1, r.stdout + r.stderr
-    assert "FAIL" in r.stdout
+    code, out, err = run_in_process(verify_main, [str(tmp_path), "--backends", "torch"], capsys)
+    assert code == 1, out + err
+    assert "FAIL" in out
 
 
 def test_truncated_file_is_a_clear_error(checkpoint, tmp_path):
@@ -70,12 +82,13 @@ def test_truncated_file_is_a_clear_error(checkpoint, tmp_path):
     assert r.returncode == 2 and "error" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_convert_then_verify_pair(checkpoint, tmp_path):
+def test_convert_then_verify_pair(checkpoint, tmp_path, capsys):
     """gpt2-convert --verify (= gpt2 convert --verify): h5 output holds the same tensors and passes the harness."""
     out = tmp_path / "h5"
-    r = run("-m", "gpt2_apps.cli", "convert", str(checkpoint), "-o", str(out), "--to", "tf", "--verify", "--no-progress")
-    assert r.returncode == 0, r.stderr
-    assert "PASSED" in r.stderr and "source-converted" in r.stderr, r.stderr  # the verification ran
+    argv = ["convert", str(checkpoint), "-o", str(out), "--to", "tf", "--verify", "--no-progress"]
+    code, _, err = run_in_process(gpt2_main, argv, capsys)
+    assert code == 0, err
+    assert "PASSED" in err and "source-converted" in err, err  # the verification ran
     report = verify_pair(checkpoint, out, backends=("torch",))
     assert report.ok and report.pairs["source-converted"]["max_relative_tensor_diff"] == 0.0
 
