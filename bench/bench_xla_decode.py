@@ -9,9 +9,16 @@ interleaved rounds, medians: the figures of docs/performance.md's "TensorFlow: b
     python bench/bench_xla_decode.py forward     # forward 1x1024: the blocks alone vs blocks + the LM head
     python bench/bench_xla_decode.py tf_head     # TF's LM head at 1x1024 in three equivalent forms
     python bench/bench_xla_decode.py flags       # decode b=8 and forward 1x1024 under XLA_FLAGS variants (subprocesses)
+    python bench/bench_xla_decode.py tf_forward  # gpt2_tf forward 1x1024: XLA (bench/run.py), graph, eager
+    python bench/bench_xla_decode.py tf_generate --batch 8   # gpt2_tf generate: committed vs bias kept out of the
+                                                 # dot's fusion vs the same loop as a tf.function graph (no XLA)
+    python bench/bench_xla_decode.py tf_profile --batch 8    # gpt2_tf generate (or --forward): thread time per XLA
+                                                 # thunk, grouped by dot shape / fusion kind
 
-Options: --rounds N (interleaved rounds, default 7; threads: calls), --batch B (flax_decode), --backend tf|flax
-(forward, flags).
+Options: --rounds N (interleaved rounds, default 7; threads: calls), --batch B (flax_decode, tf_generate, tf_profile),
+--backend tf|flax (forward, flags), --layers L (tf_generate, tf_profile: fewer blocks for a quick check), --forward
+(tf_profile). TF's oneDNN kernels (graph and eager modes only; XLA does not use them) are off by default on this AVX2
+CPU: `TF_ENABLE_ONEDNN_OPTS=1` in the environment turns them on.
 GPT-2 124M shapes (12 x 768, vocab 50257), random weights, fp32; prompt 32, 64 new tokens, greedy, no eos.
 Each experiment prints one line per variant: median wall time, median process CPU time, and the speed against the
 first variant (> 1 is faster). On a shared machine only those ratios mean anything.
@@ -370,13 +377,167 @@ def exp_flags(args: argparse.Namespace) -> None:
               f"  forward 1x1024 {fwd:6.2f} s ({base['forward_1x1024'] / fwd:.2f}x)")
 
 
+def _tf_generate_ids(batch: int) -> Any:
+    import numpy as np
+    import tensorflow as tf
+
+    return tf.constant(np.random.default_rng(batch).integers(0, 50257, (batch, 32)).astype(np.int32))
+
+
+def exp_tf_forward(args: argparse.Namespace) -> None:
+    """gpt2_tf's forward 1x1024 as bench/run.py compiles it (`tf.function(jit_compile=True)`, also what Keras 3's
+    `predict` uses: its jit_compile="auto" is XLA on TF), as a plain `tf.function` graph (TF's own kernels: Eigen,
+    or oneDNN with TF_ENABLE_ONEDNN_OPTS=1) and eagerly (`model(ids)`). Logits must agree to 1e-4."""
+    import numpy as np
+    import tensorflow as tf
+
+    from gpt2_core import GPT2Config
+    from gpt2_tf import TFGPT2LMHeadModel
+
+    model = TFGPT2LMHeadModel(GPT2Config(), seed=0)
+    x = tf.constant(np.random.default_rng(0).integers(0, 50257, (1, 1024)).astype(np.int32))
+    call = lambda x: model(input_ids=x, use_cache=False).logits  # noqa: E731
+    fns = {"XLA (bench/run.py)": tf.function(call, jit_compile=True), "tf.function graph": tf.function(call),
+           "eager model(ids)": call}
+    ref = None
+    for f in fns.values():
+        out = f(x).numpy()
+        ref = out if ref is None else ref
+        assert np.abs(out - ref).max() < 1e-4
+    _report("tf_forward 1x1024", _interleaved({k: (lambda f=f: f(x).numpy()) for k, f in fns.items()}, args.rounds))
+
+
+def exp_tf_generate(args: argparse.Namespace) -> None:
+    """gpt2_tf generate at --batch, greedy, 64 new tokens, in variants traced apart (one compiled loop each, tokens
+    equal): as committed; every Dense bias added as `y - (-b)` (XLA CPU fuses only an add into a one-row dot, as a
+    one-workgroup GEMV; a subtraction leaves the dot its multi-workgroup GEMV: check the HLO); the same loop as a
+    plain `tf.function` graph, no XLA (TF's MatMul kernels: Eigen, or oneDNN with TF_ENABLE_ONEDNN_OPTS=1)."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    import gpt2_tf.generation as G
+    from gpt2_core import GPT2Config
+    from gpt2_tf import TFGPT2LMHeadModel
+
+    mode = {"variant": "committed"}
+    dense_call = keras.layers.Dense.call
+
+    def call(self: keras.layers.Dense, inputs: Any, training: Any = None) -> Any:
+        if mode["variant"] != "bias not fused" or self.bias is None:
+            return dense_call(self, inputs, training)
+        return keras.ops.matmul(inputs, self.kernel) - (-self.bias)
+
+    tf_function = tf.function
+
+    def function(fn: Any = None, **kwargs: Any) -> Any:  # G builds its loop with tf.function(..., jit_compile=True)
+        if mode["variant"] == "graph (no XLA)":
+            kwargs["jit_compile"] = False
+        return tf_function(fn, **kwargs)
+
+    keras.layers.Dense.call = call
+    model = TFGPT2LMHeadModel(GPT2Config(n_layer=args.layers), seed=0)
+    ids = _tf_generate_ids(args.batch)
+    mask = tf.ones_like(ids)
+    compiled: dict[str, dict] = {k: {} for k in ("committed", "bias not fused", "graph (no XLA)")}
+
+    def run(variant: str) -> np.ndarray:
+        mode["variant"] = variant
+        G._COMPILED[model] = compiled[variant]
+        tf.function = function
+        try:
+            out = model.generate(ids, attention_mask=mask, max_new_tokens=64, do_sample=False, eos_token_id=[])
+        finally:
+            tf.function = tf_function
+        return np.asarray(out)
+
+    try:
+        tokens = [run(k) for k in compiled]
+        assert all(np.array_equal(t, tokens[0]) for t in tokens), "tokens differ"
+        res = _interleaved({k: (lambda k=k: run(k)) for k in compiled}, args.rounds)
+    finally:
+        keras.layers.Dense.call = dense_call
+    _report(f"tf_generate b={args.batch}, {args.layers} layers, 64 new tokens (tokens equal); "
+            f"tok/s = {64 * args.batch} / wall", res)
+
+
+def exp_tf_profile(args: argparse.Namespace) -> None:
+    """Thread time per XLA thunk of one gpt2_tf generate at --batch (or the 1x1024 forward with --forward), from a
+    tf.profiler trace (XLA_FLAGS=--xla_cpu_enable_xprof_traceme=true, set here before TF starts), grouped by what
+    the optimized HLO says each thunk is (a dot by its output shape, a fusion by its kind)."""
+    import collections
+    import glob
+    import re
+    import shutil
+    import tempfile
+
+    work = tempfile.mkdtemp(prefix="tf_profile_")
+    os.environ["XLA_FLAGS"] = (f"{os.environ.get('XLA_FLAGS', '')} --xla_cpu_enable_xprof_traceme=true "
+                               f"--xla_dump_to={work}/hlo --xla_dump_hlo_as_text")
+    import numpy as np
+    import tensorflow as tf
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    from gpt2_core import GPT2Config
+    from gpt2_tf import TFGPT2LMHeadModel
+
+    model = TFGPT2LMHeadModel(GPT2Config(n_layer=args.layers), seed=0)
+    if args.forward:
+        x = tf.constant(np.random.default_rng(0).integers(0, 50257, (1, 1024)).astype(np.int32))
+        fn = tf.function(lambda x: model(input_ids=x, use_cache=False).logits, jit_compile=True)
+        work_fn = lambda: fn(x).numpy()  # noqa: E731
+    else:
+        ids = _tf_generate_ids(args.batch)
+        work_fn = lambda: model.generate(ids, attention_mask=tf.ones_like(ids), max_new_tokens=64,  # noqa: E731
+                                         do_sample=False, eos_token_id=[])
+    work_fn()
+    tf.profiler.experimental.start(f"{work}/trace")
+    t = time.perf_counter()
+    work_fn()
+    wall = time.perf_counter() - t
+    tf.profiler.experimental.stop()
+    hlo = "".join(Path(f).read_text() for f in glob.glob(f"{work}/hlo/*cpu_after_optimizations.txt"))
+    trace = glob.glob(f"{work}/trace/**/*.xplane.pb", recursive=True)[0]
+    space = xplane_pb2.XSpace()
+    space.ParseFromString(Path(trace).read_bytes())
+    shutil.rmtree(work)
+    # what each instruction of the optimized HLO is: name -> (output shape, opcode, fusion kind)
+    info = {}
+    for row in hlo.splitlines():
+        m = re.match(r"\s*(?:ROOT )?%([\w.-]+) = (\S+) ([\w-]+)\(", row)
+        if m:
+            kind = re.search(r"kind=(\w+)", row)
+            info[m[1]] = (m[2], m[3], kind[1] if kind else None)
+    groups: collections.Counter = collections.Counter()
+    for plane in space.planes:
+        names = {k: v.name for k, v in plane.event_metadata.items()}
+        for line in plane.lines:
+            for event in line.events:
+                name = names.get(event.metadata_id, "")
+                if name not in info or info[name][1] in ("while", "conditional", "call"):  # parents of thunks
+                    continue
+                shape, op, kind = info[name]
+                base = re.sub(r"[.]\d+$", "", name)  # MatMul.97 -> MatMul
+                key = f"dot {shape}" if op == "dot" else f"{op} {base}" + (f" ({kind})" if kind else "")
+                groups[key] += event.duration_ps / 1e12
+    total = sum(groups.values())
+    what = "forward 1x1024" if args.forward else f"generate b={args.batch}, 64 new tokens"
+    print(f"# tf_profile {what}, {args.layers} layers (load average {os.getloadavg()[0]:.1f}): wall {wall:.2f} s, "
+          f"thread time in thunks {total:.2f} s")
+    for key, sec in groups.most_common(15):
+        print(f"{key[:70]:70s} {sec:8.3f} s  {100 * sec / total:5.1f}%")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("experiment",
-                        choices=["split", "threads", "layout", "flax_decode", "forward", "tf_head", "flags"])
+                        choices=["split", "threads", "layout", "flax_decode", "forward", "tf_head", "flags",
+                                 "tf_forward", "tf_generate", "tf_profile"])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--backend", choices=["tf", "flax"], default="flax")
+    parser.add_argument("--layers", type=int, default=12)
+    parser.add_argument("--forward", action="store_true")
     args = parser.parse_args(argv)
     globals()[f"exp_{args.experiment}"](args)
 
