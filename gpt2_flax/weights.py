@@ -8,11 +8,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from gpt2_core import naming
+from weights_convert.formats.base import row_blocks
+
+_ALIGN = 64  # bytes: XLA CPU's minimum alignment for adopting a host buffer
 
 
 def _params(model) -> dict[str, nnx.Param]:
@@ -34,14 +38,39 @@ def load_canonical(model, canonical: dict[str, np.ndarray]) -> None:
     keys = naming.backend_keys(canonical, "flax", model.config, model.head)
     if keys != set(params):
         raise RuntimeError(f"naming table and flax model disagree: {sorted(keys ^ set(params))[:10]}")
-    # One tensor at a time (naming.iter_backend): peak memory is the model plus one tensor (a lazy mapping, as
-    # load_pretrained gives for safetensors) or plus the canonical dict. On CPU `jnp.asarray` keeps a read-only
-    # array's buffer without copying it: a memory map of the checkpoint is therefore copied first (else the
-    # parameter would live in the file's pages, changed by anything rewriting the file in place).
-    for path, value in naming.iter_backend(canonical, "flax", model.config, model.head):
+    # One tensor at a time (naming.iter_backend). The value it replaces is dropped first (the parameter holds its
+    # shape and dtype meanwhile, zeros again if the copy fails), then the tensor is copied in row blocks
+    # (`row_blocks`: the file's pages leave memory block by block) into a host buffer of the parameter's dtype that
+    # `jax.device_put` adopts without a copy on CPU (`_host_buffer`; on an accelerator it is copied there and
+    # dropped). So the peak is the model plus one block. `np.array` of the map and then `jnp.asarray` (which
+    # copies) beside the replaced value held four copies of the tensor at once (gpt2-medium: the load peaking at
+    # 1.43x the checkpoint; docs/performance.md "Memory"). The parameter never aliases the caller's array or the
+    # file's pages (which anything rewriting the file in place would change).
+    for path, value in naming.iter_backend(canonical, "flax", model.config, model.head, contiguous=False):
         var = params[path]
-        value = np.ascontiguousarray(value) if value.flags.writeable else np.array(value, order="C")
-        var.set_value(jnp.asarray(value, dtype=var.get_value().dtype))
+        old = var.get_value()
+        spec = jax.ShapeDtypeStruct(old.shape, old.dtype, sharding=getattr(old, "sharding", None))
+        var.set_value(spec)
+        del old
+        try:
+            buffer = _host_buffer(spec.shape, spec.dtype)
+            for rows, block in row_blocks(value):
+                buffer[rows] = block
+            var.set_value(jax.device_put(buffer, spec.sharding))
+        except BaseException:
+            var.set_value(jax.device_put(jnp.zeros(spec.shape, spec.dtype), spec.sharding))
+            raise
+        del buffer
+
+
+def _host_buffer(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """An uninitialised C-contiguous array aligned to 64 bytes: XLA's CPU client adopts such a buffer as the
+    parameter without copying it (`jax.device_put`; an unaligned one it copies)."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    raw = np.empty(nbytes + _ALIGN, np.uint8)
+    start = -raw.ctypes.data % _ALIGN
+    return raw[start : start + nbytes].view(dtype).reshape(shape)
 
 
 def cast_params(model, dtype: Any) -> None:

@@ -19,6 +19,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 import keras  # noqa: E402
 
 from gpt2_core import naming  # noqa: E402
+from weights_convert.formats.base import row_blocks  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -63,8 +64,18 @@ def load_canonical(model, canonical: Mapping[str, np.ndarray]) -> None:
     keys = naming.backend_keys(canonical, "tf", model.config, model.head)
     if keys != set(variables):
         raise RuntimeError(f"naming table and tf model disagree: {sorted(keys ^ set(variables))[:10]}")
-    # One tensor at a time (naming.iter_backend): peak memory is the model plus one tensor (a lazy mapping, as
-    # load_pretrained gives for safetensors) or plus the canonical dict. `assign` copies into the variable.
-    for path, value in naming.iter_backend(canonical, "tf", model.config, model.head):
+    # One tensor at a time (naming.iter_backend), each in row blocks (`row_blocks`: the file's pages leave memory
+    # block by block) written into the variable's own buffer (`scatter_update` of the tf.Variable), so the peak is
+    # the model plus one block. A whole-tensor `assign` converts the array to a tensor and then gives the variable a
+    # new buffer: with the file's pages, three copies of the tensor at once (gpt2-medium's wte: +590 MB; the load
+    # peaked at 1.54x the checkpoint; docs/performance.md "Memory").
+    for path, value in naming.iter_backend(canonical, "tf", model.config, model.head, contiguous=False):
         variable = variables[path]
-        variable.assign(np.asarray(value).astype(variable.dtype, copy=False))
+        target = variable.value  # the tf.Variable (outside an autocast scope, which loading never is)
+        dtype = np.dtype(variable.dtype)
+        if value.ndim == 0 or not isinstance(target, tf.Variable):
+            variable.assign(np.ascontiguousarray(value, dtype=dtype))
+            continue
+        for rows, block in row_blocks(value):
+            indices = tf.range(rows.start, rows.stop)
+            target.scatter_update(tf.IndexedSlices(np.ascontiguousarray(block, dtype=dtype), indices))

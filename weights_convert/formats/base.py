@@ -15,11 +15,13 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import mmap
 import sys
 import weakref
 from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import EllipsisType
 from typing import Callable, Iterator, Mapping
 
 import numpy as np
@@ -329,6 +331,47 @@ class CheckpointTensors(MutableMapping):
     def close(self) -> None:
         """Close the checkpoint; reading a tensor of it afterwards is an error (the ones set here stay)."""
         self._finalizer()
+
+
+# The bytes a loader copies per step when it fills a parameter piecewise (`row_blocks`): small beside any model
+# (gpt2-medium's largest tensor, `wte`, is 206 MB), large enough that the per-step cost does not show.
+BLOCK_BYTES = 4 << 20
+
+
+def _read_only_map(value: np.ndarray) -> "mmap.mmap | None":
+    """The `mmap.mmap` under `value` when it is a view of a read-only `np.memmap` (mode "r", what
+    `CheckpointTensors` gives for safetensors), else None."""
+    base, read_only = value, False
+    while base is not None and not isinstance(base, mmap.mmap):
+        read_only = read_only or (isinstance(base, np.memmap) and base.mode == "r")
+        base = getattr(base, "base", None)
+    return base if read_only and hasattr(mmap, "MADV_DONTNEED") else None
+
+
+def row_blocks(value: np.ndarray, nbytes: int | None = None) -> Iterator[tuple[slice | EllipsisType, np.ndarray]]:
+    """`value` as `(rows, value[rows])` blocks of about `nbytes` (default `BLOCK_BYTES`) along its first axis, for
+    a loader that copies a tensor into its parameter piecewise (one block in flight instead of a whole converted
+    copy). A 0-d array is one block, `(Ellipsis, value)`.
+
+    When `value` views a read-only memory map (`CheckpointTensors`' values), the file pages a block touched leave
+    this process's memory (`madvise(MADV_DONTNEED)`; they stay in the page cache) before the next block is read, so
+    the copy holds one block of the file resident, not the whole tensor. A transposed (not C-contiguous) view
+    touches every page at each block; its pages are released once, after the last block. Nothing is released for
+    any other array (a copy-on-write map's pages hold its changes).
+    """
+    if value.ndim == 0 or value.shape[0] == 0:
+        yield (Ellipsis if value.ndim == 0 else slice(0, 0)), value
+        return
+    mapped = _read_only_map(value)
+    contiguous = value.flags.c_contiguous
+    n = value.shape[0]
+    step = max(1, (BLOCK_BYTES if nbytes is None else nbytes) // max(1, value.nbytes // n))
+    for start in range(0, n, step):
+        rows = slice(start, min(start + step, n))
+        yield rows, value[rows]
+        if mapped is not None and (contiguous or rows.stop == n):
+            with contextlib.suppress(OSError):  # only memory use depends on it
+                mapped.madvise(mmap.MADV_DONTNEED)
 
 
 # ---------------------------------------------------------------------------------------------------------------
