@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from gpt2_core import naming
+from weights_convert.formats.base import row_blocks
 
 
 def _params(model) -> dict[str, torch.nn.Parameter]:
@@ -62,8 +63,11 @@ def load_canonical(model, canonical: dict[str, np.ndarray]) -> None:
         raise RuntimeError(f"naming table and torch model disagree: {sorted(keys ^ set(params))[:10]}")
     # One tensor at a time (naming.iter_backend): peak memory is the model plus one tensor (a lazy mapping, as
     # load_pretrained gives for safetensors) or plus the canonical dict. Transposed matrices come as views: copy_
-    # transposes, casts and moves in one pass (a contiguous transposed copy first took about twice as long).
+    # transposes, casts and moves in one pass (a contiguous transposed copy first took about twice as long). Each
+    # tensor is copied in row blocks (`row_blocks`): the file's pages of a block leave the process before the next
+    # is read, so a contiguous tensor (wte, the largest) is not resident twice (as in TF and Flax).
     with torch.no_grad():
         for path, value in naming.iter_backend(canonical, "torch", model.config, model.head, contiguous=False):
             p = params[path]
-            p.copy_(from_numpy(value, share=True))
+            for rows, block in row_blocks(value):
+                p[rows].copy_(from_numpy(block, share=True))
