@@ -91,12 +91,13 @@ def test_sampling_is_seeded_and_follows_top_k_top_p(lm):
     config, params, model = lm
     ids, mask = padded_batch(config, "left")
     greedy = np.asarray(model.generate(ids, attention_mask=mask, max_new_tokens=6, eos_token_id=()))
-    kw = dict(attention_mask=mask, max_new_tokens=6, eos_token_id=(), do_sample=True, temperature=1.5)
-    a = np.asarray(model.generate(ids, seed=1, **kw))
-    assert np.array_equal(a, np.asarray(model.generate(ids, seed=1, **kw)))
-    assert not np.array_equal(a, np.asarray(model.generate(ids, seed=2, **kw)))
+    # top_k (a static switch) and top_p on in every sampling call: one compiled loop serves them all
+    kw = dict(attention_mask=mask, max_new_tokens=6, eos_token_id=(), do_sample=True, temperature=1.5, top_k=5)
+    a = np.asarray(model.generate(ids, seed=1, top_p=0.9, **kw))
+    assert np.array_equal(a, np.asarray(model.generate(ids, seed=1, top_p=0.9, **kw)))
+    assert not np.array_equal(a, np.asarray(model.generate(ids, seed=2, top_p=0.9, **kw)))
     # a tiny top_p keeps only the most likely token (after top-k): greedy
-    np.testing.assert_array_equal(np.asarray(model.generate(ids, seed=3, top_k=5, top_p=1e-6, **kw)), greedy)
+    np.testing.assert_array_equal(np.asarray(model.generate(ids, seed=3, top_p=1e-6, **kw)), greedy)
 
 
 @pytest.mark.parametrize("top_k,top_p", [(None, None), (5, None), (None, 0.7), (10, 0.5)])
