@@ -6,6 +6,7 @@ median is reported with the weight bytes per second it implies, and the ratio at
 
     python bench/bench_torch_linear.py                       # rows 1 2 4 8 16 32 64 256
     python bench/bench_torch_linear.py --rows 1,8 --passes 9 --threads 1
+    python bench/bench_torch_linear.py --rows 1,8 --packed   # oneDNN: plain against prepacked weights
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rows", default="1,2,4,8,16,32,64,256")
     parser.add_argument("--passes", type=int, default=7)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--packed", action="store_true",
+                        help="instead: oneDNN on plain weights against oneDNN on prepacked (blocked) weights")
     parser.add_argument("--output", help="write the figures as JSON here")
     args = parser.parse_args(argv)
     if args.threads:
@@ -36,10 +39,15 @@ def main(argv: list[str] | None = None) -> dict:
     weights = [torch.randn(o, i, generator=g) for o, i in SHAPES]
     biases = [torch.randn(o, generator=g) if o != 50257 else None for o, _ in SHAPES]
     nbytes = sum(w.numel() * 4 for w in weights)
-    kernels = {"aten": F.linear, "onednn": lambda x, w, b: torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")}
-    report = {"threads": torch.get_num_threads(), "weight_bytes": nbytes, "rows": {}}
+    onednn = lambda x, w, b: torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")  # noqa: E731
+    report = {"threads": torch.get_num_threads(), "weight_bytes": nbytes, "packed": args.packed, "rows": {}}
     with torch.inference_mode():
         for rows in [int(r) for r in args.rows.split(",")]:
+            if args.packed:  # "aten" stands for oneDNN on the plain weights, "onednn" for the packed ones
+                packed = {id(w): torch.ops.mkldnn._reorder_linear_weight(w, rows) for w in weights}
+                kernels = {"aten": onednn, "onednn": lambda x, w, b: onednn(x, packed[id(w)], b)}
+            else:
+                kernels = {"aten": F.linear, "onednn": onednn}
             inputs = {768: torch.randn(rows, 768, generator=g), 3072: torch.randn(rows, 3072, generator=g)}
             times: dict[str, list[float]] = {k: [] for k in kernels}
             for p in range(args.passes + 1):  # the first pass of each kernel is a warm-up
@@ -56,8 +64,9 @@ def main(argv: list[str] | None = None) -> dict:
                 "aten_over_onednn": round(med["aten"] / med["onednn"], 2),
             }
             r = report["rows"][rows]
-            print(f"rows {rows:4d}: aten {r['aten_ms']:8.2f} ms ({r['aten_GBps']:5.1f} GB/s)  "
-                  f"oneDNN {r['onednn_ms']:8.2f} ms ({r['onednn_GBps']:5.1f} GB/s)  ratio {r['aten_over_onednn']:.2f}")
+            a, b = ("oneDNN plain", "oneDNN packed") if args.packed else ("aten", "oneDNN")
+            print(f"rows {rows:4d}: {a} {r['aten_ms']:8.2f} ms ({r['aten_GBps']:5.1f} GB/s)  "
+                  f"{b} {r['onednn_ms']:8.2f} ms ({r['onednn_GBps']:5.1f} GB/s)  ratio {r['aten_over_onednn']:.2f}")
     if args.output:
         with open(args.output, "w") as f:
             json.dump(report, f, indent=1)
