@@ -26,7 +26,6 @@ import functools
 import math
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -35,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_xla_decode import _interleaved, _report  # noqa: E402
+from bench_xla_decode import _interleaved, _report, _rounds  # noqa: E402
 
 
 def _paired(variants: dict[str, Callable[[], Any]], rounds: int) -> None:
@@ -45,14 +44,7 @@ def _paired(variants: dict[str, Callable[[], Any]], rounds: int) -> None:
     import statistics
 
     names = list(variants)
-    wall: dict[str, list[float]] = {k: [] for k in names}
-    cpu: dict[str, list[float]] = {k: [] for k in names}
-    for r in range(rounds):
-        for k in names if r % 2 == 0 else names[::-1]:
-            c, t = time.process_time(), time.perf_counter()
-            variants[k]()
-            wall[k].append(time.perf_counter() - t)
-            cpu[k].append(time.process_time() - c)
+    wall, cpu = _rounds(variants, rounds)
     print(f"# {rounds} paired rounds (load average {os.getloadavg()[0]:.1f})")
     for k in names:
         ratios = [a / b for a, b in zip(wall[names[0]], wall[k])]

@@ -44,17 +44,28 @@ SHAPES = [(768, 2304), (768, 768), (768, 3072), (3072, 768)] * 12
 STEPS = 16  # chained passes over the 48 matrices per call (one pass = the block weights of one decoding step)
 
 
-def _interleaved(variants: dict[str, Callable[[], Any]], rounds: int) -> dict[str, tuple[float, float]]:
-    """Median (wall s, process CPU s) per variant over `rounds` rounds, the order reversed every other round."""
+Timings = dict[str, list[float]]
+
+
+def _rounds(variants: dict[str, Callable[[], Any]], rounds: int) -> tuple[Timings, Timings]:
+    """(wall s, process CPU s) per variant and round: each round runs every variant once, the order reversed every
+    other round."""
     names = list(variants)
-    wall: dict[str, list[float]] = {k: [] for k in names}
-    cpu: dict[str, list[float]] = {k: [] for k in names}
+    wall: Timings = {k: [] for k in names}
+    cpu: Timings = {k: [] for k in names}
     for r in range(rounds):
         for k in names if r % 2 == 0 else names[::-1]:
             c, t = time.process_time(), time.perf_counter()
             variants[k]()
             wall[k].append(time.perf_counter() - t)
             cpu[k].append(time.process_time() - c)
+    return wall, cpu
+
+
+def _interleaved(variants: dict[str, Callable[[], Any]], rounds: int) -> dict[str, tuple[float, float]]:
+    """Median (wall s, process CPU s) per variant over `rounds` rounds (`_rounds`)."""
+    names = list(variants)
+    wall, cpu = _rounds(variants, rounds)
     med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
     return {k: (med(wall[k]), med(cpu[k])) for k in names}
 
